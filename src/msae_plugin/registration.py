@@ -1,0 +1,153 @@
+"""Bridge from plugin hooks into SAELens's registries.
+
+SAELens has no discovery mechanism of its own: its registries are module-level dicts filled by
+``register_sae_class`` / ``register_sae_training_class``, which raise ``ValueError`` on a duplicate
+name. :func:`activate` is therefore guarded by membership checks (safe to call any number of times,
+before or after ``sae_lens`` was imported by someone else), calls each plugin's hook separately (a
+raising hook becomes a warning naming the plugin) and records provenance for ``msae plugins``.
+
+Hooked models and decoders have no SAELens registry; they live in :data:`HOOKED_MODELS` and
+:data:`DECODERS` here.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from msae_plugin.specs import ArchitectureSpec, DecoderSpec, HookedModelSpec, Registration
+
+HOOKED_MODELS: dict[str, type] = {}
+DECODERS: dict[str, DecoderSpec] = {}
+REGISTRATIONS: dict[tuple[str, str], Registration] = {}
+
+_lock = threading.RLock()
+
+
+class PluginHookWarning(RuntimeWarning):
+    """A plugin's hook raised or returned something unusable; it was skipped."""
+
+
+def _call_each(pm: Any, hook_name: str) -> list[tuple[str, str, Any]]:
+    """Call every implementation of ``hook_name`` separately: (plugin, dist, result) triples."""
+    results = []
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():
+        plugin_name = impl.plugin_name
+        dist = pm.distributions.get(plugin_name, "<registered in code>")
+        try:
+            result = impl.function()
+        except Exception as exc:
+            warnings.warn(
+                f"msae-plugin: plugin {plugin_name!r} (distribution {dist!r}) raised in "
+                f"{hook_name}(): {exc!r}. Its components are not registered; fix or uninstall "
+                f"{dist!r}.",
+                PluginHookWarning,
+                stacklevel=3,
+            )
+            continue
+        if result is None:
+            continue
+        results.append((plugin_name, dist, list(result)))
+    return results
+
+
+def _register_architecture(spec: ArchitectureSpec, plugin: str, dist: str) -> None:
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    pairs: list[tuple[str, dict, tuple[type, type] | None]] = [
+        ("architecture", SAE_CLASS_REGISTRY, (spec.sae_class, spec.sae_config_class)),
+    ]
+    if spec.training_sae_class is not None:
+        if spec.training_config_class is None:
+            raise TypeError(
+                f"ArchitectureSpec {spec.name!r} has training_sae_class but no training_config_class"
+            )
+        pairs.append(
+            (
+                "training_architecture",
+                SAE_TRAINING_CLASS_REGISTRY,
+                (spec.training_sae_class, spec.training_config_class),
+            )
+        )
+    for kind, registry, entry in pairs:
+        existing = registry.get(spec.name)
+        if existing is None:
+            registry[spec.name] = entry
+        elif existing != entry:
+            warnings.warn(
+                f"msae-plugin: {kind} name {spec.name!r} from plugin {plugin!r} ({dist}) is "
+                f"already registered to {existing[0].__module__}.{existing[0].__qualname__}; "
+                "keeping the existing one. Rename the plugin's architecture to resolve this.",
+                PluginHookWarning,
+                stacklevel=3,
+            )
+            continue
+        REGISTRATIONS[(kind, spec.name)] = Registration(kind, spec.name, plugin, dist, entry[0])
+
+
+def _register_simple(
+    kind: str, name: str, obj: Any, table: dict, plugin: str, dist: str, value: Any
+) -> None:
+    existing = table.get(name)
+    if existing is not None and existing != value:
+        warnings.warn(
+            f"msae-plugin: {kind} name {name!r} from plugin {plugin!r} ({dist}) is already "
+            "taken; keeping the existing one.",
+            PluginHookWarning,
+            stacklevel=3,
+        )
+        return
+    table[name] = value
+    REGISTRATIONS[(kind, name)] = Registration(kind, name, plugin, dist, obj)
+
+
+def _guarded(plugin: str, dist: str, what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        warnings.warn(
+            f"msae-plugin: could not register {what} from plugin {plugin!r} ({dist}): {exc!r}",
+            PluginHookWarning,
+            stacklevel=3,
+        )
+
+
+def activate(pm: Any = None) -> dict[tuple[str, str], Registration]:
+    """Register every plugin's components with SAELens. Idempotent; returns provenance."""
+    from msae_plugin.manager import get_plugin_manager
+
+    with _lock:
+        pm = pm or get_plugin_manager()
+        for plugin, dist, specs in _call_each(pm, "msae_register_architectures"):
+            for spec in specs:
+                _guarded(
+                    plugin, dist, f"architecture {getattr(spec, 'name', spec)!r}",
+                    lambda s=spec, p=plugin, d=dist: _register_architecture(s, p, d),
+                )
+        for plugin, dist, specs in _call_each(pm, "msae_register_hooked_models"):
+            for spec in specs:
+                _guarded(
+                    plugin, dist, f"hooked model {getattr(spec, 'name', spec)!r}",
+                    lambda s=spec, p=plugin, d=dist: _register_simple(
+                        "hooked_model", s.name, s.model_class, HOOKED_MODELS, p, d, s.model_class
+                    ),
+                )
+        for plugin, dist, specs in _call_each(pm, "msae_register_decoders"):
+            for spec in specs:
+                _guarded(
+                    plugin, dist, f"decoder {getattr(spec, 'name', spec)!r}",
+                    lambda s=spec, p=plugin, d=dist: _register_simple(
+                        "decoder", s.name, s.decoder_class, DECODERS, p, d, s
+                    ),
+                )
+        return dict(REGISTRATIONS)
+
+
+def known_architectures(training: bool = False) -> list[str]:
+    """Names in SAELens's inference (or training) registry, sorted."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    return sorted(SAE_TRAINING_CLASS_REGISTRY if training else SAE_CLASS_REGISTRY)
