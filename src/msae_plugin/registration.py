@@ -17,13 +17,14 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from msae_plugin.specs import ArchitectureSpec, DecoderSpec, HookedModelSpec, Registration
+from msae_plugin.specs import ArchitectureSpec, DecoderSpec, Registration
 
 HOOKED_MODELS: dict[str, type] = {}
 DECODERS: dict[str, DecoderSpec] = {}
 REGISTRATIONS: dict[tuple[str, str], Registration] = {}
 
 _lock = threading.RLock()
+_active = False
 
 
 class PluginHookWarning(RuntimeWarning):
@@ -117,33 +118,46 @@ def _guarded(plugin: str, dist: str, what: str, fn: Callable[[], None]) -> None:
 
 def activate(pm: Any = None) -> dict[tuple[str, str], Registration]:
     """Register every plugin's components with SAELens. Idempotent; returns provenance."""
+    import sae_lens  # noqa: F401  (its import may itself run activate(); see _active)
+
     from msae_plugin.manager import get_plugin_manager
 
+    global _active
     with _lock:
-        pm = pm or get_plugin_manager()
-        for plugin, dist, specs in _call_each(pm, "msae_register_architectures"):
-            for spec in specs:
-                _guarded(
-                    plugin, dist, f"architecture {getattr(spec, 'name', spec)!r}",
-                    lambda s=spec, p=plugin, d=dist: _register_architecture(s, p, d),
-                )
-        for plugin, dist, specs in _call_each(pm, "msae_register_hooked_models"):
-            for spec in specs:
-                _guarded(
-                    plugin, dist, f"hooked model {getattr(spec, 'name', spec)!r}",
-                    lambda s=spec, p=plugin, d=dist: _register_simple(
-                        "hooked_model", s.name, s.model_class, HOOKED_MODELS, p, d, s.model_class
-                    ),
-                )
-        for plugin, dist, specs in _call_each(pm, "msae_register_decoders"):
-            for spec in specs:
-                _guarded(
-                    plugin, dist, f"decoder {getattr(spec, 'name', spec)!r}",
-                    lambda s=spec, p=plugin, d=dist: _register_simple(
-                        "decoder", s.name, s.decoder_class, DECODERS, p, d, s
-                    ),
-                )
+        if _active:  # re-entered from inside an activation (sae_lens import hook)
+            return dict(REGISTRATIONS)
+        _active = True
+        try:
+            _activate_all(pm or get_plugin_manager())
+        finally:
+            _active = False
         return dict(REGISTRATIONS)
+
+
+def _activate_all(pm: Any) -> None:
+    """Call each hook of each plugin and register what it returns."""
+    for plugin, dist, specs in _call_each(pm, "msae_register_architectures"):
+        for spec in specs:
+            _guarded(
+                plugin, dist, f"architecture {getattr(spec, 'name', spec)!r}",
+                lambda s=spec, p=plugin, d=dist: _register_architecture(s, p, d),
+            )
+    for plugin, dist, specs in _call_each(pm, "msae_register_hooked_models"):
+        for spec in specs:
+            _guarded(
+                plugin, dist, f"hooked model {getattr(spec, 'name', spec)!r}",
+                lambda s=spec, p=plugin, d=dist: _register_simple(
+                    "hooked_model", s.name, s.model_class, HOOKED_MODELS, p, d, s.model_class
+                ),
+            )
+    for plugin, dist, specs in _call_each(pm, "msae_register_decoders"):
+        for spec in specs:
+            _guarded(
+                plugin, dist, f"decoder {getattr(spec, 'name', spec)!r}",
+                lambda s=spec, p=plugin, d=dist: _register_simple(
+                    "decoder", s.name, s.decoder_class, DECODERS, p, d, s
+                ),
+            )
 
 
 def known_architectures(training: bool = False) -> list[str]:
