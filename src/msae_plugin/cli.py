@@ -7,6 +7,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "demo": "msae_plugin.commands.demo",
     "plugins": "msae_plugin.commands.plugins",
     "check": "msae_plugin.commands.check",
 }
