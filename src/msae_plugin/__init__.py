@@ -6,11 +6,9 @@ imports ``msae_plugin._autoload`` at every interpreter start. Heavy objects are 
     import msae_plugin
     msae_plugin.register()          # explicit, idempotent activation (python -S, embedded use)
     msae_plugin.MSAE                # the inference SAE class (registers on first access)
+
+No imports at module level (not even ``typing``): this file runs at every interpreter start.
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -23,14 +21,14 @@ _LAZY = {
 }
 
 
-def register() -> dict[str, Any]:
+def register() -> dict:
     """Register every plugin's components with SAELens (idempotent). Returns the provenance map."""
     from msae_plugin.registration import activate
 
     return activate()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
