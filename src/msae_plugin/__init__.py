@@ -17,7 +17,7 @@ _LAZY = {
     "MSAEConfig": "msae_plugin.msae.config",
     "MSAETrainingSAE": "msae_plugin.msae.training_sae",
     "MSAETrainingSAEConfig": "msae_plugin.msae.config",
-    "KLadder": "msae_plugin.msae.ladder",
+    "build_ladder": "msae_plugin.msae.ladder",
 }
 
 

@@ -1,0 +1,137 @@
+"""The MSAE algorithm against independent reference computations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sae_lens import SAE
+from sae_lens.config import SAETrainerConfig
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainStepInput
+from sae_lens.training.sae_trainer import SAETrainer
+
+from msae_plugin.msae.config import MSAEConfig, MSAETrainingSAEConfig
+from msae_plugin.msae.ladder import build_ladder, level_weights
+from msae_plugin.msae.nested import nested_decodes, topk_relu
+from msae_plugin.msae.sae import MSAE
+from msae_plugin.msae.training_sae import MSAETrainingSAE
+
+
+def step_input(x):
+    return TrainStepInput(
+        sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+        is_logging_step=False,
+    )
+
+
+def test_registered_in_both_saelens_registries():
+    assert SAE_CLASS_REGISTRY["msae"] == (MSAE, MSAEConfig)
+    assert SAE_TRAINING_CLASS_REGISTRY["msae"] == (MSAETrainingSAE, MSAETrainingSAEConfig)
+
+
+def test_paper_ladders():
+    # the paper's table (brief §1.2): ViT-L/14 ×8 and ViT-B/16 ×16
+    assert build_ladder(6144) == (64, 128, 256, 512, 1024, 2048, 4096, 6144)
+    assert build_ladder(8192) == (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    assert build_ladder(100, k_start=5, k_factor=3) == (5, 15, 45, 100)
+    assert build_ladder(64, k_levels=[3, 10]) == (3, 10, 64)
+    assert level_weights(8, "RW") == (8, 7, 6, 5, 4, 3, 2, 1)
+    assert level_weights(3, "UW") == (1, 1, 1)
+
+
+def reference_levels(hp, W, ladder):
+    outs = []
+    for k in ladder:
+        v, i = hp.topk(k, dim=-1)
+        outs.append(torch.zeros_like(hp).scatter(-1, i, F.relu(v)) @ W)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0, -3.0])
+def test_nested_decodes_match_per_level_topk_values_and_gradients(shift):
+    hp = (torch.randn(7, 48, dtype=torch.double) + shift).requires_grad_()
+    W = torch.randn(48, 5, dtype=torch.double, requires_grad=True)
+    ladder = [2, 4, 8, 16, 32, 48]
+    ours = torch.stack(nested_decodes(hp, F.relu(hp), W, ladder))
+    ref = reference_levels(hp, W, ladder)
+    assert torch.allclose(ours, ref)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad((ours * g).sum(), (hp, W))
+    gb = torch.autograd.grad((ref * g).sum(), (hp, W))
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b)
+
+
+def test_nested_backward_passes_gradcheck():
+    hp = torch.randn(4, 20, dtype=torch.double, requires_grad=True)
+    W = torch.randn(20, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h, w: torch.stack(nested_decodes(h, F.relu(h), w, [2, 5, 10, 20])), (hp, W)
+    )
+
+
+def test_training_loss_equals_independent_weighted_average():
+    cfg = MSAETrainingSAEConfig(d_in=8, d_sae=32, k_start=4, weighting="RW")
+    sae = MSAETrainingSAE(cfg)
+    x = torch.randn(50, 8) * 2 + 1
+    out = sae.training_forward_pass(step_input(x))
+    # independent recomputation from the (now renormalised) weights
+    with torch.no_grad():
+        xs = (x - sae.input_mean) * sae.input_scale
+        hp = (xs - sae.b_dec) @ sae.W_enc + sae.b_enc
+        losses = []
+        for k in cfg.ladder:
+            z = topk_relu(hp, k)
+            xh = z @ sae.W_dec + sae.b_dec
+            losses.append(((xs - xh).pow(2).sum(-1) / xs.pow(2).sum(-1)).mean())
+        w = torch.tensor([4.0, 3.0, 2.0, 1.0])
+        expected = (w * torch.stack(losses)).sum() / w.sum()
+    assert cfg.ladder == (4, 8, 16, 32)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    # standardisation: centred and E‖x − μ‖ = √d_in on the fitting batch
+    assert torch.allclose(xs.mean(0), torch.zeros(8), atol=1e-5)
+    assert xs.norm(dim=-1).mean() == pytest.approx(8**0.5, rel=1e-5)
+
+
+def test_decoder_rows_stay_unit_norm_and_grad_is_orthogonal():
+    sae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=8, d_sae=32, k_start=4))
+    x = torch.randn(64, 8)
+    out = sae.training_forward_pass(step_input(x))
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(32), atol=1e-5)
+    out.loss.backward()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(-1)
+    assert parallel.abs().max() < 1e-6
+
+
+def test_trains_with_saelens_trainer_and_nesting_orders_fvu(sparse_data):
+    sae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=16, d_sae=128, k_start=4))
+    cfg = SAETrainerConfig(total_training_samples=256 * 250, train_batch_size_samples=256,
+                           lr=2e-3, lr_end=2e-3)
+    SAETrainer(cfg, sae, sparse_data()).fit()
+    x = next(sparse_data(seed=1))  # held-out samples of the same distribution
+    with torch.no_grad():
+        fvus = [
+            float((x - sae.reconstruct(x, k)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+            for k in sae.cfg.ladder
+        ]
+    assert fvus[-1] < 0.1  # vs 1.0 for predicting the mean
+    # more latents never hurt much: FVU decreases along the ladder (small tolerance)
+    assert all(b <= a + 0.01 for a, b in zip(fvus, fvus[1:], strict=False))
+    assert fvus[0] > fvus[-1]
+
+
+def test_inference_encode_paths_and_default_k(tmp_path, sparse_data):
+    tr = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=16, d_sae=64, k_start=4))
+    tr.training_forward_pass(step_input(next(sparse_data())))
+    tr.save_inference_model(tmp_path)
+    sae = SAE.load_from_disk(tmp_path)
+    assert isinstance(sae, MSAE)
+    x = next(sparse_data(seed=2))
+    relu = sae.encode(x)
+    hp = ((x - sae.input_mean) * sae.input_scale - sae.b_dec) @ sae.W_enc + sae.b_enc
+    assert torch.allclose(relu, F.relu(hp), atol=1e-6)
+    for k in (1, 5, 16, 64):
+        z = sae.encode(x, k=k)
+        assert int((z != 0).sum(-1).max()) <= k
+        assert torch.allclose(z, topk_relu(hp, k), atol=1e-6)
+    sae.set_default_k(5)
+    assert torch.equal(sae(x), sae.decode(sae.encode(x, k=5)))
