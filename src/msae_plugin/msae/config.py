@@ -48,7 +48,7 @@ def _validate_common(cfg: Any) -> None:
         )
 
 
-def _check_required(cls: type, config_dict: dict[str, Any]) -> None:
+def check_required(cls: type, config_dict: dict[str, Any]) -> None:
     missing = [
         f.name
         for f in fields(cls)
@@ -92,7 +92,7 @@ class MSAEConfig(SAEConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> MSAEConfig:
-        _check_required(cls, config_dict)
+        check_required(cls, config_dict)
         return super().from_dict(config_dict)  # type: ignore[return-value]
 
 
@@ -147,5 +147,5 @@ class MSAETrainingSAEConfig(TrainingSAEConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> MSAETrainingSAEConfig:
-        _check_required(cls, config_dict)
+        check_required(cls, config_dict)
         return super().from_dict(config_dict)  # type: ignore[return-value]

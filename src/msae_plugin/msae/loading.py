@@ -18,6 +18,11 @@ def checked_load(cls: Any, super_load: Any, path: str | Path, **kwargs: Any) -> 
         from msae_plugin.registry_errors import unknown_architecture
 
         raise unknown_architecture(arch)
+    config_cls = SAE_CLASS_REGISTRY[arch][1]
+    if hasattr(config_cls, "from_dict"):
+        from msae_plugin.msae.config import check_required
+
+        check_required(config_cls, cfg)
     try:
         return super_load(path, **kwargs)
     except CheckpointError:
