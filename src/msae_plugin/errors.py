@@ -24,3 +24,27 @@ class UnknownArchitectureError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want a readable sentence
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownHookError(LookupError):
+    """A hook name the hooked model does not have (typo, wrong tower, beyond ``stop_at_layer``)."""
+
+
+class UnsupportedModelError(ValueError):
+    """An OpenCLIP configuration the hooked wrapper cannot reproduce exactly."""
+
+
+class ModelInputError(ValueError):
+    """Input a hooked model cannot take as given (empty batch, wrong shape, wrong dtype)."""
+
+
+class ImageInputError(ModelInputError):
+    """Images of the wrong dtype, channel count or size for the vision tower."""
+
+
+class TextInputError(ModelInputError):
+    """Token tensors of the wrong shape or length for the text tower."""
+
+
+class SAEModelMismatchError(ValueError):
+    """An SAE spliced into a model it was not trained for (hook or width mismatch)."""

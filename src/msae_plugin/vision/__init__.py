@@ -1,0 +1,23 @@
+"""Vision hook points: OpenCLIP towers as TransformerLens hooked models, and what builds on them
+(activation providers for SAE training, SAE splicing / steering, attention-head ablation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "HookedOpenCLIP": "msae_plugin.vision.hooked_clip",
+    "HookedCLIPConfig": "msae_plugin.vision.hooked_clip",
+    "load_open_clip": "msae_plugin.vision.loading",
+    "PretrainedUnavailableError": "msae_plugin.vision.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'msae_plugin.vision' has no attribute {name!r}")
