@@ -67,7 +67,7 @@ def _to_tensor(img: Any) -> torch.Tensor:
     if hasattr(img, "convert") and hasattr(img, "size"):  # PIL image
         img = np.asarray(img.convert("RGB"))
     if isinstance(img, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(img))
+        t = torch.from_numpy(np.array(img, copy=True))
         if t.dim() == 3 and t.shape[-1] in (1, 3, 4):  # HWC
             t = t.permute(2, 0, 1)
     elif isinstance(img, torch.Tensor):
