@@ -286,9 +286,14 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
         """``scale * normalize(image_embed) @ classifier.T`` with the model's logit scale by
         default. ``classifier`` holds one L2-normalised text embedding per class."""
         if scale is None:
-            scale = float(self.clip.logit_scale.exp()) if hasattr(self.clip, "logit_scale") else 100.0
+            scale = self.logit_scale()
         feats = self.encode_image(images, normalize=True)
         return scale * feats @ classifier.to(feats.dtype).T
+
+    def logit_scale(self) -> float:
+        """The CLIP model's learned logit scale (``exp`` of the parameter), 100 if it has none."""
+        param = getattr(self.clip, "logit_scale", None)
+        return float(param.detach().exp()) if param is not None else 100.0
 
     # ------------------------------------------------------------------ hook-name checks
     def _n_layers(self) -> dict[str, int]:
@@ -307,11 +312,25 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
             n_layers=self._n_layers(),
         )
 
-    def run_with_cache(self, *model_args: Any, names_filter: Any = None, **kwargs: Any):  # type: ignore[override]
-        """TransformerLens ``run_with_cache`` that refuses hook names which would never fire."""
+    def run_with_cache(  # type: ignore[override]
+        self,
+        *model_args: Any,
+        names_filter: Any = None,
+        return_cache_object: bool = False,
+        **kwargs: Any,
+    ):
+        """TransformerLens ``run_with_cache`` that refuses hook names which would never fire.
+
+        Returns ``(output, dict)`` as ``HookedRootModule`` does, or an ``ActivationCache`` with
+        ``return_cache_object=True`` (what SAELens's ``run_with_cache_with_saes`` asks for)."""
         model_kwargs = {k: v for k, v in kwargs.items() if k == "stop_at_layer"}
         self._check_run_names(names_filter, model_args, model_kwargs)
-        return super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if return_cache_object:
+            from transformer_lens import ActivationCache
+
+            cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim"))
+        return out, cache
 
     def run_with_hooks(  # type: ignore[override]
         self,

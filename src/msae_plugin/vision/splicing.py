@@ -122,8 +122,10 @@ class SAESplicingMixin:
     def reset_saes(self, act_names: str | list[str] | None = None) -> None:
         _hst().reset_saes(self, act_names)
 
+    @property
     def acts_to_saes(self) -> dict[str, Any]:
-        return _hst().acts_to_saes(self)
+        """Hook name -> attached SAE (SAELens property)."""
+        return _hst().acts_to_saes.fget(self)
 
     def saes(self, *args: Any, **kwargs: Any):
         """Context manager attaching SAEs for its body (SAELens ``saes()``)."""
