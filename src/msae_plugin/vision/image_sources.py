@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,9 +49,12 @@ def _derived_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def prepare_images(images: Any, model: Any) -> torch.Tensor:
+def prepare_images(images: Any, model: Any, raw_pixels: bool = False) -> torch.Tensor:
     """A batch of images as the model's float input: ready tensors pass, the rest is
-    converted with ``model.preprocess``. Returned on the model's device and dtype."""
+    converted with ``model.preprocess`` (always, with ``raw_pixels``: [0, 1] RGB that still needs
+    the model's normalisation). Returned on the model's device and dtype."""
+    if raw_pixels:
+        return model.preprocess(images)
     size = tuple(model.cfg.image_size)
     if isinstance(images, torch.Tensor) and images.dim() == 3:
         images = images[None]
@@ -80,32 +84,43 @@ class ImageSource(ABC):
     repeatable: bool = True
     #: a short human-readable description (shown in errors and logs)
     description: str = "images"
+    #: batches are un-normalised pixels: always run them through ``model.preprocess``
+    raw_pixels: bool = False
 
     @abstractmethod
     def _epoch(self, epoch: int, start: int, batch_size: int) -> Iterator[Any]:
         """Raw batches of epoch ``epoch`` from its image ``start`` on (``prepare_images`` input)."""
 
     def batches(self, batch_size: int, model: Any, start_image: int = 0) -> Iterator[torch.Tensor]:
-        """Model-ready batches of up to ``batch_size`` images, from image ``start_image`` of the
-        stream on; endless for repeatable sources."""
+        """Model-ready batches of exactly ``batch_size`` images (across chunk and epoch
+        boundaries; only a one-shot source's last batch can be smaller), from image
+        ``start_image`` of the stream on; endless for repeatable sources."""
         if batch_size < 1:
             raise ImageSourceError(f"batch_size must be >= 1, got {batch_size}")
+        carry: list[torch.Tensor] = []
+        n_carry = 0
+        for x in self._stream(batch_size, model, start_image):
+            carry.append(x)
+            n_carry += x.shape[0]
+            while n_carry >= batch_size:
+                joined = torch.cat(carry) if len(carry) > 1 else carry[0]
+                yield joined[:batch_size]
+                rest = joined[batch_size:]
+                carry, n_carry = [rest], rest.shape[0]
+        if n_carry:
+            yield torch.cat(carry)
+
+    def _stream(self, batch_size: int, model: Any, start_image: int) -> Iterator[torch.Tensor]:
         epoch, start = 0, start_image
         if self.repeatable and self.epoch_size:
             epoch, start = divmod(start_image, self.epoch_size)
-        skip = 0 if self.repeatable else start_image  # one-shot: consume and drop
         while True:
             seen = 0
             for raw in self._epoch(epoch, start, batch_size):
-                x = prepare_images(raw, model)
-                if skip:
-                    drop = min(skip, x.shape[0])
-                    x, skip = x[drop:], skip - drop
-                if x.shape[0] == 0:
-                    continue
+                x = prepare_images(raw, model, self.raw_pixels)
                 seen += x.shape[0]
                 yield x
-            if seen == 0 and start == 0 and not skip:
+            if seen == 0 and start == 0:
                 raise ImageSourceError(f"{self.description} holds no images")
             if not self.repeatable:
                 return
@@ -122,6 +137,8 @@ class ImageSource(ABC):
 # ---------------------------------------------------------------------- the embedded digits
 class DigitScenesSource(ImageSource):
     """The embedded digit scenes: fresh, deterministic scenes per epoch (train split)."""
+
+    raw_pixels = True
 
     def __init__(
         self,
@@ -163,7 +180,7 @@ class DigitScenesSource(ImageSource):
         from msae_plugin.embedded.dataset import make_digit_scenes
 
         images = make_digit_scenes(n_images, split="test", seed=_derived_seed(self.seed, -1)).images
-        return (prepare_images(b, model) for b in images.split(batch_size))
+        return (prepare_images(b, model, raw_pixels=True) for b in images.split(batch_size))
 
 
 # ---------------------------------------------------------------------- a folder of files
@@ -175,7 +192,9 @@ class FolderImageSource(ImageSource):
         if not self.folder.is_dir():
             raise ImageSourceError(f"{self.folder} is not a folder")
         self.files = sorted(
-            p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            p
+            for p in self.folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not self.files:
             raise ImageSourceError(
@@ -285,6 +304,17 @@ def register_image_dataset(name: str, factory: Callable[..., ImageSource]) -> No
     IMAGE_DATASETS[name] = factory
 
 
+def _call_factory(factory: Callable[..., ImageSource], what: str, *args: Any, **kwargs: Any):
+    try:
+        inspect.signature(factory).bind(*args, **kwargs)
+    except TypeError as exc:
+        params = [p for p in inspect.signature(factory).parameters if p not in ("self", "folder")]
+        raise ImageSourceError(
+            f"{what} does not accept these dataset_kwargs ({exc}); it takes: {', '.join(params)}"
+        ) from None
+    return factory(*args, **kwargs)
+
+
 def open_image_source(spec: Any, seed: int = 0, **kwargs: Any) -> ImageSource:
     """An :class:`ImageSource` for a dataset name, a folder path, an ``ImageSource`` or an
     iterable of images. ``kwargs`` go to a named dataset's factory (e.g. ``images_per_epoch``)."""
@@ -293,10 +323,10 @@ def open_image_source(spec: Any, seed: int = 0, **kwargs: Any) -> ImageSource:
     if isinstance(spec, (str, Path)):
         name = str(spec)
         if name in IMAGE_DATASETS:
-            return IMAGE_DATASETS[name](seed=seed, **kwargs)
+            return _call_factory(IMAGE_DATASETS[name], f"dataset {name!r}", seed=seed, **kwargs)
         path = Path(name).expanduser()
         if path.is_dir():
-            return FolderImageSource(path, seed=seed, **kwargs)
+            return _call_factory(FolderImageSource, "a folder dataset", path, seed=seed, **kwargs)
         if path.exists():
             raise ImageSourceError(
                 f"dataset_path {name!r} is a file; pass the folder that holds the images"

@@ -92,7 +92,9 @@ class TokenSelection:
             return self.kind
         if self.kind == "index":
             return str(self.start)
-        text = f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
+        start = "" if self.start is None else self.start
+        stop = "" if self.stop is None else self.stop
+        text = f"{start}:{stop}"
         if self.step is not None:
             text += f":{self.step}"
         return text

@@ -1,0 +1,101 @@
+"""``msae train CONFIG``: train an SAE on CLIP image activations from a JSON/YAML config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an SAE on CLIP image activations from a JSON/YAML config",
+        description="Train an SAE (any SAELens architecture, msae included) on the activations "
+        "of a hooked CLIP image tower with SAELens's SAETrainer, save it in SAELens's format and "
+        "print held-out FVU / cosine / L0 / dead latents. See docs/vision-training.md.",
+    )
+    p.add_argument("config", help="config file (JSON; YAML with PyYAML installed)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a config field, e.g. --override lr=1e-3 --override sae.d_sae=512 "
+        "(values are parsed as JSON when possible); repeatable",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="CHECKPOINT_DIR",
+        default=None,
+        help="resume an interrupted run from one of its checkpoint folders",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import msae_plugin
+
+    msae_plugin.register()
+    from sae_lens.training._interruption import InterruptedException
+
+    from msae_plugin.errors import (
+        CheckpointError,
+        ModelInputError,
+        NonFiniteActivationsError,
+        SAEModelMismatchError,
+        UnknownArchitectureError,
+        UnknownHookError,
+        UnsupportedModelError,
+    )
+    from msae_plugin.metrics import format_table
+    from msae_plugin.vision.activation_cache import ActivationCacheError
+    from msae_plugin.vision.image_sources import ImageSourceError, ImageSourceExhaustedError
+    from msae_plugin.vision.token_selection import TokenSelectionError
+    from msae_plugin.vision.training import (
+        VisionConfigError,
+        VisionSAERunnerConfig,
+        VisionSAETrainingRunner,
+    )
+
+    expected = (
+        VisionConfigError,
+        TokenSelectionError,
+        ImageSourceError,
+        ImageSourceExhaustedError,
+        ActivationCacheError,
+        CheckpointError,
+        ModelInputError,
+        NonFiniteActivationsError,
+        SAEModelMismatchError,
+        UnknownArchitectureError,
+        UnknownHookError,
+        UnsupportedModelError,
+        FileNotFoundError,
+    )
+    runner = None
+    try:
+        cfg = VisionSAERunnerConfig.from_file(args.config, overrides=args.override)
+        runner = VisionSAETrainingRunner(cfg, resume_from_checkpoint=args.resume)
+        sae = runner.run()
+    except (KeyboardInterrupt, InterruptedException):
+        where = runner.interrupted_checkpoint if runner is not None else None
+        if where is not None:
+            print(f"interrupted; checkpoint saved to {where}")
+            print(f"resume with: msae train {args.config} --resume {where}")
+        else:
+            print("interrupted (no checkpoint: checkpoint_path is null or training had not begun)")
+        return 130
+    except expected as exc:
+        print(f"error: {exc}")
+        return 1
+
+    if cfg.output_path is not None:
+        print(f"saved SAE ({sae.cfg.architecture()}, d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) "
+              f"to {cfg.output_path}")
+    else:
+        print("output_path is null: the trained SAE was not saved")
+    x, held_out = runner.eval_activations()
+    results = runner.evaluate(sae, x)
+    source = "held-out images" if held_out else "training images (no held-out split)"
+    print(f"metrics on {x.shape[0]} tokens of {source} at {cfg.hook_name}:")
+    print(format_table(results))
+    return 0

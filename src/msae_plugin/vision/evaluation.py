@@ -1,0 +1,71 @@
+"""The MSAE paper's downstream metric: zero-shot accuracy kept when the SAE's reconstruction
+replaces the activation at its hook (no error term), at each k of the ladder.
+
+Reconstruction metrics (FVU, cosine) say how close the reconstruction is; this says whether what
+is lost matters to the model's task. "Kept" is spliced accuracy / original accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def zero_shot_accuracy_kept(
+    model: Any,
+    sae: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: torch.Tensor,
+    ks: Sequence[int | None] | None = None,
+    exclude_cls: bool = False,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Zero-shot accuracy of ``model`` alone and with ``sae``'s reconstruction spliced in.
+
+    For an MSAE, ``ks`` defaults to its ladder plus the ReLU path (``None``); other SAEs are
+    evaluated once with their own ``encode`` (key ``"sae"``). Returns
+    ``{"original": acc, "k=64": {"accuracy": ..., "kept": ...}, ...}``.
+    """
+    if len(images) == 0:
+        raise ValueError("empty image set: zero-shot accuracy needs at least one image")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    is_msae = hasattr(sae, "set_default_k")
+    if ks is None:
+        ks = [*sae.cfg.ladder, None] if is_msae else ["sae"]
+
+    def run(splice: bool) -> float:
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = images[start : start + batch_size]
+                if splice:
+                    feats = model.run_with_saes(
+                        x, saes=[sae], use_error_term=False, exclude_special_tokens=exclude_cls,
+                        return_type="normalized",
+                    )
+                else:
+                    feats = model(x, return_type="normalized")
+                logits = feats @ classifier.to(feats.dtype).T
+                correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
+        return correct / len(images)
+
+    original = run(False)
+    out: dict[str, Any] = {"original": original}
+    saved_k = getattr(sae.cfg, "default_k", None)
+    try:
+        for k in ks:
+            if is_msae:
+                sae.set_default_k(k)
+                key = "relu" if k is None else f"k={k}"
+            else:
+                key = "sae"
+            acc = run(True)
+            out[key] = {"accuracy": acc, "kept": acc / original if original > 0 else float("nan")}
+    finally:
+        if is_msae:
+            sae.set_default_k(saved_k)
+    return out
