@@ -275,3 +275,13 @@ def test_registered_by_name() -> None:
     from msae_plugin.registration import HOOKED_MODELS
 
     assert HOOKED_MODELS["HookedOpenCLIP"] is HookedOpenCLIP
+
+
+def test_parity_embedded_model() -> None:
+    from msae_plugin.embedded.dataset import make_digit_scenes, normalize
+
+    model = HookedOpenCLIP.from_pretrained("msae-tiny-clip")
+    scenes = make_digit_scenes(8, split="test", seed=3)
+    tok = model.to_tokens(scenes.captions[:4])
+    all_hook_parity(model, model.clip, normalize(scenes.images), tok)
+    assert model.cfg.model_name == "msae-tiny-clip" and model.cfg.pretrained == "embedded"

@@ -211,12 +211,10 @@ def test_token_selection_errors() -> None:
 
 # ---- image sources --------------------------------------------------------------------------
 def test_digit_scenes_source_is_deterministic_fresh_per_epoch_and_resumable() -> None:
-    from msae_plugin.embedded.dataset import normalize
+    from msae_plugin.embedded.dataset import IMAGE_MEAN, IMAGE_STD, normalize
 
     clip = tiny_clip(image_size=32)
-    set_model_preprocess_cfg(
-        clip, {"mean": (0.1366, 0.1153, 0.1115), "std": (0.2520, 0.2301, 0.2383)}
-    )
+    set_model_preprocess_cfg(clip, {"mean": IMAGE_MEAN, "std": IMAGE_STD})
     model = HookedOpenCLIP(clip, model_name="tiny-32")
     src = open_image_source("msae-digits", seed=3, images_per_epoch=40, chunk_size=16)
     assert isinstance(src, DigitScenesSource)
@@ -627,7 +625,7 @@ def test_example_config_parses() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = VisionSAERunnerConfig.from_file(root / "configs" / "vision_msae_tiny.json")
     assert cfg.sae.architecture() == "msae" and cfg.model_name == "msae-tiny-clip"
-    assert cfg.hook_name == "blocks.2.hook_resid_post" and cfg.sae.d_in == 128
+    assert cfg.hook_name == "blocks.2.hook_resid_post" and cfg.sae.d_in == 96
     assert cfg.logger.log_to_wandb is False
 
 
@@ -833,7 +831,7 @@ def test_example_config_trains_on_the_embedded_model(tmp_path: Path) -> None:
         ],
     )
     runner = VisionSAETrainingRunner(cfg)
-    assert runner.model.cfg.pretrained == "embedded" and runner.provider.d_in == 128
+    assert runner.model.cfg.pretrained == "embedded" and runner.provider.d_in == 96
     x_eval, held_out = runner.eval_activations()
     assert held_out
     untrained = MSAETrainingSAE(runner.sae.cfg)

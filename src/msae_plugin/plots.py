@@ -41,3 +41,37 @@ def plot_sparsity_tradeoff(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_zero_shot_kept(
+    zero_shot: dict[str, Any], recon: dict[str, Any], path: str | Path, title: str = ""
+) -> Path:
+    """Zero-shot accuracy with the SAE spliced in, against L0 (one point per k), with the
+    original model's accuracy as a dashed line. ``zero_shot`` is the output of
+    :func:`msae_plugin.vision.evaluation.zero_shot_accuracy_kept`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in zero_shot if k != "original"]
+    l0 = [max(recon[k]["sparsity"]["l0"], 1e-3) if k in recon else float("nan") for k in keys]
+    acc = [zero_shot[k]["accuracy"] for k in keys]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(l0, acc, marker="o", label="SAE reconstruction spliced in")
+    for x, y, k in zip(l0, acc, keys, strict=True):
+        ax.annotate(k, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.axhline(zero_shot["original"], ls="--", color="grey", label="original model")
+    ax.set_xscale("log")
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("zero-shot accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Zero-shot accuracy kept across the k ladder")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
