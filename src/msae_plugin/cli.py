@@ -10,6 +10,8 @@ COMMANDS = {
     "demo": "msae_plugin.commands.demo",
     "plugins": "msae_plugin.commands.plugins",
     "check": "msae_plugin.commands.check",
+    "train": "msae_plugin.commands.train",
+    "ablate-heads": "msae_plugin.commands.ablate_heads",
 }
 
 

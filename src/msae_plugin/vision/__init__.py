@@ -10,6 +10,15 @@ _EXPORTS = {
     "HookedCLIPConfig": "msae_plugin.vision.hooked_clip",
     "load_open_clip": "msae_plugin.vision.loading",
     "PretrainedUnavailableError": "msae_plugin.vision.loading",
+    "head_ablation_scan": "msae_plugin.vision.head_ablation",
+    "HeadAblationResult": "msae_plugin.vision.head_ablation",
+    "LatentEdit": "msae_plugin.vision.steering",
+    "steered_logits": "msae_plugin.vision.steering",
+    "zero_shot_accuracy_kept": "msae_plugin.vision.evaluation",
+    "VisionSAERunnerConfig": "msae_plugin.vision.training",
+    "VisionSAETrainingRunner": "msae_plugin.vision.training",
+    "ImageActivationProvider": "msae_plugin.vision.activations",
+    "TokenSelection": "msae_plugin.vision.token_selection",
 }
 
 __all__ = sorted(_EXPORTS)

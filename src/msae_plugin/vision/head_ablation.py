@@ -193,6 +193,7 @@ class HeadAblationResult:
     def plot_heatmap(self, path: str | Path, annotate: bool | None = None) -> Path:
         """Two-panel PNG heat map (loss change, accuracy change; layer x head) with colour bars.
         Drawn on an Agg canvas without touching pyplot's global backend."""
+        import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -204,26 +205,27 @@ class HeadAblationResult:
         h = min(max(3.0, 0.45 * self.n_layers + 1.8), 12.0)
         fig = Figure(figsize=(2 * w, h))
         FigureCanvasAgg(fig)
-        panels = (
-            (self.delta_loss, "change of zero-shot loss (nats)", "RdBu_r", 1.0, "{:+.3f}"),
-            (self.delta_acc, "change of accuracy (percentage points)", "RdBu", 100.0, "{:+.1f}"),
+        panels = (  # red = the ablation hurts, in both panels
+            (self.delta_loss, "change of zero-shot loss", "nats", "RdBu_r", 1.0, "{:+.3f}"),
+            (self.delta_acc, "change of zero-shot accuracy", "percentage points", "RdBu", 100.0,
+             "{:+.1f}"),
         )
-        for i, (values, label, cmap, factor, fmt) in enumerate(panels):
+        for i, (values, title, unit, cmap_name, factor, fmt) in enumerate(panels):
             ax = fig.add_subplot(1, 2, i + 1)
             data = (values.double() * factor).numpy()
             finite = data[~torch.isnan(values).numpy()]
             lim = float(abs(finite).max()) if finite.size else 1.0
             lim = lim if lim > 0 else 1.0
+            cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="lightgrey")  # unscanned
             im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto",
                            interpolation="nearest")
-            im.cmap.set_bad("lightgrey")
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
             ax.set_xticks(range(self.n_heads))
             ax.set_yticks(range(self.n_layers))
-            ax.set_title(label, fontsize=10)
+            ax.set_title(title, fontsize=10)
             cbar = fig.colorbar(im, ax=ax)
-            cbar.set_label(label, fontsize=8)
+            cbar.set_label(f"ablated - baseline ({unit})", fontsize=8)
             if annotate:
                 for layer in self.layers:
                     for head in range(self.n_heads):
@@ -327,6 +329,9 @@ def _resume(model: Any, resid_pre: torch.Tensor, layer: int) -> torch.Tensor:
 
 
 def _ablation_hook(head: int, value: torch.Tensor | None) -> Callable[..., torch.Tensor]:
+    """Hook on ``hook_z`` ``[batch, pos, head, d_head]`` setting one head to 0 or to ``value``
+    (``[pos, d_head]``, broadcast over the batch)."""
+
     def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
         z = z.clone()
         z[:, :, head] = 0.0 if value is None else value
@@ -353,7 +358,7 @@ def _mean_z(
         x = images[i : i + batch_size].to(device=model.device, dtype=model.dtype)
         _, cache = model.run_with_cache(x, names_filter=names, stop_at_layer=max(layers) + 1)
         for layer in layers:
-            s = cache[_z_name(layer)].double().sum(dim=0)
+            s = cache[_z_name(layer)].float().sum(dim=0)
             sums[layer] = s if layer not in sums else sums[layer] + s
         del cache
     return {layer: (s / images.shape[0]).to(model.dtype) for layer, s in sums.items()}
@@ -395,11 +400,10 @@ def head_ablation_scan(
     labels, layers = _check_inputs(model, images, labels, classifier, mode, layers, batch_size)
     t0 = time.perf_counter()
     if logit_scale is None:
-        ls = getattr(model.clip, "logit_scale", None)
-        logit_scale = float(ls.exp()) if ls is not None else 100.0
+        logit_scale = model.logit_scale()  # exp(clip.logit_scale), 100 if the model has none
     cls_w = classifier.to(device=model.device, dtype=torch.float32)
     n_images, n_layers, n_heads = images.shape[0], model.cfg.n_layers, model.cfg.n_heads
-    if resume and getattr(model, "_acts_to_saes", None):
+    if resume and getattr(model, "acts_to_saes", None):
         resume = False  # spliced SAEs need the full forward (their token masks are set there)
 
     def stats(embed: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -409,7 +413,10 @@ def head_ablation_scan(
 
     means = _mean_z(model, images, layers, batch_size, progress) if mode == "mean" else {}
     pairs = [(layer, h) for layer in layers for h in range(n_heads)]
-    hooks = {(layer, h): _ablation_hook(h, means.get(layer)) for layer, h in pairs}
+    hooks = {
+        (layer, h): _ablation_hook(h, means[layer][:, h] if mode == "mean" else None)
+        for layer, h in pairs
+    }
     loss_sum = torch.zeros(len(pairs), dtype=torch.float64)
     correct = torch.zeros(len(pairs), dtype=torch.long)
     base_loss, base_correct = 0.0, 0
