@@ -1,0 +1,102 @@
+"""Saving and loading InversionView decoders: ``decoder.safetensors`` + ``decoder_cfg.json``.
+
+The JSON records the decoder's shape, the hooks (sites) in order, and the probed model's
+identity: a fingerprint of its weights. A decoder only reads activations of the exact model it
+was trained against, so loading it next to a different probed model is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from msae_plugin.inversionview.decoder import DecoderConfig, InversionViewDecoder
+
+WEIGHTS = "decoder.safetensors"
+CONFIG = "decoder_cfg.json"
+FORMAT_VERSION = 1
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes and bytes (fp32): the probed model's identity."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        if not torch.is_floating_point(p):
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_decoder(
+    decoder: InversionViewDecoder,
+    path: str | Path,
+    hooks: list[str],
+    probed: torch.nn.Module,
+    probed_name: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the decoder atomically (weights first, config last)."""
+    if len(hooks) != decoder.cfg.n_sites:
+        raise ValueError(f"{len(hooks)} hooks for a decoder with n_sites={decoder.cfg.n_sites}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
+    _atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": "inversionview",
+        "decoder": decoder.cfg.to_dict(),
+        "hooks": list(hooks),
+        "probed_model": {"name": probed_name, "fingerprint": model_fingerprint(probed)},
+        **(extra or {}),
+    }
+    _atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def load_decoder(
+    path: str | Path, probed: torch.nn.Module | None = None
+) -> tuple[InversionViewDecoder, dict[str, Any]]:
+    """Load a decoder; with ``probed`` given, refuse one trained against another model."""
+    path = Path(path)
+    cfg_path, w_path = path / CONFIG, path / WEIGHTS
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a decoder checkpoint: it needs {CONFIG} and {WEIGHTS}"
+        )
+    try:
+        meta = json.loads(cfg_path.read_text())
+        decoder = InversionViewDecoder(DecoderConfig(**meta["decoder"]))
+        decoder.load_state_dict(load_file(str(w_path)))
+    except Exception as exc:
+        raise ValueError(f"corrupt or incompatible decoder checkpoint at {path}: {exc}") from exc
+    if probed is not None:
+        want = meta["probed_model"]["fingerprint"]
+        if model_fingerprint(probed) != want:
+            raise ValueError(
+                f"this decoder was trained against a different probed model "
+                f"({meta['probed_model'].get('name') or 'unnamed'}, fingerprint {want[:12]}…); "
+                "its samples would not describe this model's activations. Train a decoder for "
+                "this model or load the model it was trained on."
+            )
+    return decoder.eval(), meta
