@@ -31,13 +31,13 @@ def hook_block(hook_name: str) -> int | None:
 
 
 def check_hook(model, hook_name: str) -> None:
-    """Raise a ``KeyError``-style ``ValueError`` naming the nearest hook when it is unknown."""
+    """Raise a ``ValueError`` naming the nearest hook when ``hook_name`` is unknown."""
     if hook_name not in model.hook_dict:
-        import difflib
+        from msae_plugin.vision.hook_names import suggest
 
-        close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"the probed model has no hook {hook_name!r}.{hint}")
+        raise ValueError(
+            f"the probed model has no hook {hook_name!r}.{suggest(hook_name, model.hook_dict)}"
+        )
 
 
 @torch.no_grad()
