@@ -12,6 +12,7 @@ COMMANDS = {
     "check": "msae_plugin.commands.check",
     "train": "msae_plugin.commands.train",
     "ablate-heads": "msae_plugin.commands.ablate_heads",
+    "inversionview": "msae_plugin.commands.inversionview",
 }
 
 

@@ -74,10 +74,30 @@ def save_decoder(
     return path
 
 
+def decoder_spec(name: str):
+    """The registered decoder architecture ``name`` (plugins are activated first), with the
+    nearest registered names in the error when it is unknown."""
+    import difflib
+
+    from msae_plugin.registration import DECODERS, activate
+
+    activate()
+    if name not in DECODERS:
+        near = difflib.get_close_matches(name, list(DECODERS), n=3)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ValueError(
+            f"unknown decoder architecture {name!r}.{hint} Registered: {sorted(DECODERS)}; "
+            "install the plugin that provides it."
+        )
+    return DECODERS[name]
+
+
 def load_decoder(
     path: str | Path, probed: torch.nn.Module | None = None
 ) -> tuple[InversionViewDecoder, dict[str, Any]]:
-    """Load a decoder; with ``probed`` given, refuse one trained against another model."""
+    """Load a decoder; its class is looked up by the ``architecture`` registry name recorded
+    in the config (so third-party decoder plugins load the same way). With ``probed`` given,
+    refuse a decoder trained against another model."""
     path = Path(path)
     cfg_path, w_path = path / CONFIG, path / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
@@ -86,7 +106,13 @@ def load_decoder(
         )
     try:
         meta = json.loads(cfg_path.read_text())
-        decoder = InversionViewDecoder(DecoderConfig(**meta["decoder"]))
+        arch = meta.get("architecture", "inversionview")
+    except Exception as exc:
+        raise ValueError(f"corrupt decoder config {cfg_path}: {exc}") from exc
+    spec = decoder_spec(arch)
+    try:
+        config_class = spec.config_class or DecoderConfig
+        decoder = spec.decoder_class(config_class(**meta["decoder"]))
         decoder.load_state_dict(load_file(str(w_path)))
     except Exception as exc:
         raise ValueError(f"corrupt or incompatible decoder checkpoint at {path}: {exc}") from exc

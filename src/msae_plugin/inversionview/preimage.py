@@ -23,39 +23,78 @@ def check_epsilon(epsilon: float) -> float:
 
 
 def hook_block(hook_name: str) -> int | None:
-    """Block index of a TransformerLens ``blocks.{i}.*`` hook name (``None`` for others)."""
+    """Block index of a TransformerLens ``blocks.{i}.*`` hook name, also under a CLIP model's
+    ``text.`` prefix (``None`` for others: the whole model then runs)."""
     parts = hook_name.split(".")
+    if parts[0] == "text":  # HookedOpenCLIP text-tower hooks: text.blocks.{i}.*
+        parts = parts[1:]
     if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
         return int(parts[1])
     return None
 
 
-def check_hook(model, hook_name: str) -> None:
-    """Raise a ``ValueError`` naming the nearest hook when ``hook_name`` is unknown."""
-    if hook_name not in model.hook_dict:
-        from msae_plugin.vision.hook_names import suggest
+def split_site(model, site: str) -> tuple[str, int | None]:
+    """``(hook_name, head)`` for a *site*: a hook name, or a per-head hook with the head as a
+    suffix (``blocks.0.attn.hook_result.2``, the paper's per-head sites). Raises a
+    ``ValueError`` naming the nearest hook when the site does not exist."""
+    if site in model.hook_dict:
+        return site, None
+    base, _, last = site.rpartition(".")
+    if last.isdigit() and base in model.hook_dict and ".attn.hook_" in base:
+        head = int(last)
+        n_heads = getattr(getattr(model, "cfg", None), "n_heads", None)
+        if base.startswith("text."):  # a CLIP text tower may have another head count
+            n_heads = None
+        if n_heads is not None and not 0 <= head < n_heads:
+            raise ValueError(
+                f"site {site!r} names head {head}, but the probed model has {n_heads} heads "
+                f"(0..{n_heads - 1})"
+            )
+        if base.endswith("attn.hook_result") and not getattr(model.cfg, "use_attn_result", True):
+            raise ValueError(
+                f"site {site!r} needs per-head outputs: call model.set_use_attn_result(True) on "
+                "the probed model first (TransformerLens only fills attn.hook_result then)"
+            )
+        return base, head
+    from msae_plugin.vision.hook_names import suggest
 
-        raise ValueError(
-            f"the probed model has no hook {hook_name!r}.{suggest(hook_name, model.hook_dict)}"
-        )
+    raise ValueError(f"the probed model has no hook {site!r}.{suggest(site, model.hook_dict)}")
+
+
+def check_hook(model, hook_name: str) -> None:
+    """Raise a ``ValueError`` naming the nearest hook when ``hook_name`` is not a site of
+    ``model`` (see :func:`split_site`)."""
+    split_site(model, hook_name)
+
+
+def select_site(acts: torch.Tensor, head: int | None) -> torch.Tensor:
+    """``[batch, seq, d]`` from a cached hook value: one head's slice for per-head sites, heads
+    flattened for other per-head hooks."""
+    if head is not None:
+        if acts.dim() != 4 or not 0 <= head < acts.shape[2]:
+            raise ValueError(
+                f"head {head} does not exist at this hook (activation shape "
+                f"{tuple(acts.shape)}, heads on axis 2)"
+            )
+        return acts[:, :, head]
+    return acts.flatten(2) if acts.dim() == 4 else acts
 
 
 @torch.no_grad()
 def activations_at(
     model, tokens: torch.Tensor, hook_name: str, batch_size: int = 512
 ) -> torch.Tensor:
-    """``[batch, seq, d]`` activations at ``hook_name`` (heads flattened), running only the
-    blocks up to the hook's."""
-    check_hook(model, hook_name)
-    block = hook_block(hook_name)
+    """``[batch, seq, d]`` activations at site ``hook_name`` (heads flattened unless the site
+    names one head), running only the blocks up to the hook's."""
+    hook, head = split_site(model, hook_name)
+    block = hook_block(hook)
     out = []
     for start in range(0, len(tokens), batch_size):
         _, cache = model.run_with_cache(
-            tokens[start : start + batch_size], names_filter=[hook_name],
+            tokens[start : start + batch_size], names_filter=[hook],
             stop_at_layer=None if block is None else block + 1,
         )
-        a = cache[hook_name]
-        out.append(a.flatten(2) if a.dim() == 4 else a)
+        out.append(select_site(cache[hook], head))
     return torch.cat(out)
 
 

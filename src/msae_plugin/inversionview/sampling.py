@@ -11,9 +11,11 @@ from msae_plugin.inversionview.decoder import InversionViewDecoder
 from msae_plugin.inversionview.preimage import (
     DEFAULT_EPSILON,
     ScoredCandidate,
+    activations_at,
     check_epsilon,
     score_candidates,
 )
+from msae_plugin.inversionview.views import render_table  # noqa: F401  (re-export)
 
 # The paper's plan for its small case studies: (temperature, noise) pairs, each used equally.
 DEFAULT_PLAN: tuple[tuple[float, float], ...] = ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
@@ -60,20 +62,35 @@ def sample_preimage(
     return score_candidates(probed, hook_name, query, cands, epsilon=epsilon, pad_id=pad)
 
 
-def render_table(
-    scored: Sequence[ScoredCandidate], decode, query_text: str, query_position: int,
-    epsilon: float = DEFAULT_EPSILON, limit: int = 20,
-) -> str:
-    """A text table of candidates (closest first), the matched position in brackets."""
-    lines = [
-        f"query: {query_text}  (position {query_position})",
-        f"{sum(c.in_preimage for c in scored)}/{len(scored)} samples inside the "
-        f"ε={epsilon} preimage",
-        f"{'distance':>9}  in?  sample",
-    ]
-    for c in scored[:limit]:
-        toks = [decode([t]) for t in c.tokens]
-        if 0 <= c.position < len(toks):
-            toks[c.position] = f"[{toks[c.position]}]"
-        lines.append(f"{c.distance:9.4f}  {'yes' if c.in_preimage else ' no'}  {''.join(toks)}")
-    return "\n".join(lines)
+@torch.no_grad()
+def batch_precision(
+    decoder: InversionViewDecoder,
+    probed,
+    hooks: Sequence[str],
+    hook_name: str,
+    tokens: torch.Tensor,
+    positions: torch.Tensor | int,
+    temperature: float = 1.0,
+    noise: float = 0.0,
+    epsilon: float = DEFAULT_EPSILON,
+    generator: torch.Generator | None = None,
+    return_samples: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each query input ``tokens[i]`` (activation at ``hook_name``, position
+    ``positions[i]``), draw one decoded sample and return its distance to the query
+    (``[batch]``); ``(result <= epsilon).float().mean()`` is the paper's training-log "ratio".
+    Batched over queries, for evaluating a decoder on many held-out activations at once.
+    With ``return_samples`` returns ``(distances, samples, queries)``."""
+    epsilon = check_epsilon(epsilon)
+    if hook_name not in hooks:
+        raise ValueError(f"this decoder was not trained on {hook_name!r}; it knows {list(hooks)}")
+    n = len(tokens)
+    pos = torch.as_tensor(positions).expand(n)
+    queries = activations_at(probed, tokens, hook_name)[torch.arange(n), pos]
+    site = torch.full((n,), list(hooks).index(hook_name))
+    cands = decoder.sample(queries, site, temperature, noise, generator=generator)
+    acts = activations_at(probed, cands, hook_name)
+    dist = (acts - queries[:, None]).norm(dim=-1) / queries.norm(dim=-1, keepdim=True).clamp_min(
+        1e-12)
+    dist = dist.masked_fill(cands == decoder.cfg.pad_id, float("inf")).min(dim=-1).values
+    return (dist, cands, queries) if return_samples else dist

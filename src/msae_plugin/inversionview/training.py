@@ -9,14 +9,18 @@ condition), and train the decoder to generate the whole input from that activati
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from msae_plugin.inversionview.decoder import InversionViewDecoder
-from msae_plugin.inversionview.preimage import check_hook, hook_block
+from msae_plugin.inversionview.preimage import hook_block, select_site, split_site
 
 
 @dataclass
@@ -42,8 +46,7 @@ class PairGenerator:
     ) -> None:
         if not hooks:
             raise ValueError("give at least one hook to train the decoder on")
-        for h in hooks:
-            check_hook(probed, h)
+        self.sites = [split_site(probed, h) for h in hooks]
         self.probed = probed
         self.hooks = list(hooks)
         self.sample_inputs = sample_inputs
@@ -56,14 +59,13 @@ class PairGenerator:
     def __call__(self, batch_size: int) -> PairBatch:
         g = self.generator
         site = int(torch.randint(len(self.hooks), (1,), generator=g))
-        hook = self.hooks[site]
+        hook, head = self.sites[site]
         tokens = self.sample_inputs(batch_size, g)
         block = hook_block(hook)
         _, cache = self.probed.run_with_cache(
             tokens, names_filter=[hook], stop_at_layer=None if block is None else block + 1
         )
-        acts = cache[hook]
-        acts = acts.flatten(2) if acts.dim() == 4 else acts
+        acts = select_site(cache[hook], head)
         ordinary = ~torch.isin(tokens, self.special)
         weights = ordinary.float() + 1e-9 * (~ordinary).float()
         pos = torch.multinomial(weights, 1, generator=g).squeeze(1)
@@ -72,6 +74,29 @@ class PairGenerator:
         pos = torch.where(use_bos, bos_pos, pos)
         picked = acts[torch.arange(batch_size), pos]
         return PairBatch(tokens, picked, torch.full((batch_size,), site), pos)
+
+
+STATE_FILE = "training_state.pt"
+
+
+def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))  # cosine to 10 %
+
+
+def _save_state(path: Path, state: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{STATE_FILE}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path / STATE_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def train_decoder(
@@ -83,17 +108,62 @@ def train_decoder(
     weight_decay: float = 0.01,
     progress: bool = True,
     log_every: int = 50,
+    schedule: str = "constant",
+    warmup: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    save_every: int = 1000,
+    on_save: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """AdamW on the next-token loss; returns the loss every ``log_every`` steps."""
+    """AdamW on the next-token loss; returns the loss every ``log_every`` steps.
+
+    ``schedule`` is ``"constant"`` (the paper's) or ``"cosine"`` (decay to 10 % of ``lr``), after
+    ``warmup`` linear steps. With ``checkpoint_dir``, the decoder, optimiser, step, losses and
+    the pair generator's random state are written there atomically every ``save_every`` steps
+    (and at the end), and a run pointed at a directory holding such a state resumes from it:
+    an interrupted run continues exactly where it stopped. ``on_save(step)`` is called after
+    each save (e.g. to export the decoder in its release format).
+    """
     if decoder.cfg.n_sites != len(pairs.hooks):
         raise ValueError(
             f"decoder has n_sites={decoder.cfg.n_sites} but {len(pairs.hooks)} hooks were given"
         )
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay)
+    losses: list[float] = []
+    first = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if (ckpt / STATE_FILE).is_file():
+            try:
+                state = torch.load(ckpt / STATE_FILE, weights_only=False)
+                decoder.load_state_dict(state["decoder"])
+                opt.load_state_dict(state["optimizer"])
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot resume from {ckpt / STATE_FILE} ({exc}); it is corrupt or from a "
+                    "decoder of another shape. Delete it to start over."
+                ) from exc
+            pairs.generator.set_state(state["generator"])
+            first, losses = state["step"], state["losses"]
     decoder.train()
-    losses = []
-    bar = tqdm(range(steps), desc="InversionView decoder", disable=not progress)
+    bar = tqdm(range(first, steps), desc="InversionView decoder", disable=not progress,
+               initial=first, total=steps)
+
+    def save(step: int) -> None:
+        _save_state(ckpt, {
+            "decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "losses": losses, "generator": pairs.generator.get_state(),
+        })
+        if on_save is not None:
+            decoder.eval()
+            on_save(step)
+            decoder.train()
+
     for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * _lr_factor(step, steps, warmup, schedule)
         b = pairs(batch_size)
         loss = decoder.loss(b.tokens, b.acts, b.sites)
         opt.zero_grad(set_to_none=True)
@@ -103,5 +173,7 @@ def train_decoder(
         if step % log_every == 0 or step == steps - 1:
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if ckpt is not None and ((step + 1) % save_every == 0 or step == steps - 1):
+            save(step + 1)
     decoder.eval()
     return losses
