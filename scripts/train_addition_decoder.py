@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=2000)
     p.add_argument("--eval-queries", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all-positions", action="store_true",
+                   help="train on every non-special position, not only +, =, A1-A3")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     probed = AD.load_shipped_probed_model()
     decoder = InversionViewDecoder(AD.decoder_config(d_model=args.d_model))
-    pairs = AD.pair_generator(probed, seed=args.seed)
+    pairs = AD.pair_generator(probed, seed=args.seed,
+                              positions=None if args.all_positions else AD.QUERY_POSITIONS)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     log_path = args.out_dir / "eval_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else []

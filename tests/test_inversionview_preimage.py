@@ -61,3 +61,18 @@ def test_padding_never_matches_and_bad_input(model) -> None:
         score_candidates(model, "blocks.0.hook_resid_post", torch.ones(5), torch.ones(1, 3).long())
     assert score_candidates(model, "blocks.0.hook_resid_post", torch.ones(16),
                             torch.ones(0, 3).long()) == []
+
+
+def test_mid_sequence_padding_keeps_positions(model) -> None:
+    """A decoder may emit PAD mid-sequence: it must stay in the reported tokens (positions keep
+    their meaning) and never be the matched position; trailing padding is dropped."""
+    PAD = 0
+    cand = torch.tensor([[3, 0, 5, 6, 0, 0]])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(cand)
+    q = cache["blocks.0.hook_resid_post"][0, 3]
+    (c,) = score_candidates(model, "blocks.0.hook_resid_post", q, cand, pad_id=PAD)
+    assert c.tokens == [3, 0, 5, 6] and c.position == 3 and c.distance < 1e-6
+    q_pad = cache["blocks.0.hook_resid_post"][0, 1]  # the query is the pad position itself
+    (c,) = score_candidates(model, "blocks.0.hook_resid_post", q_pad, cand, pad_id=PAD)
+    assert c.position != 1 and c.distance > 1e-3

@@ -50,8 +50,11 @@ def decoder_config(d_model: int = 128, n_layers: int = 2, n_heads: int = 4) -> D
     )
 
 
-def pair_generator(probed: torch.nn.Module, seed: int = 0) -> PairGenerator:
-    """Fresh pairs from the *training* problems (held-out problems are for queries)."""
+def pair_generator(
+    probed: torch.nn.Module, seed: int = 0, positions: tuple[int, ...] | None = QUERY_POSITIONS
+) -> PairGenerator:
+    """Fresh pairs from the *training* problems (held-out problems are for queries), at the
+    positions the paper queries (``positions=None``: any non-special position)."""
     train, _ = A.train_test_split()
     train_t = torch.tensor(train)
 
@@ -59,7 +62,7 @@ def pair_generator(probed: torch.nn.Module, seed: int = 0) -> PairGenerator:
         return A.make_batch(train_t, batch_size=n, generator=g)[0]
 
     return PairGenerator(probed, SITES, sample_inputs, [A.PAD, A.BOS, A.EOS], bos_id=A.BOS,
-                         seed=seed)
+                         seed=seed, positions=positions)
 
 
 def held_out_inputs(n: int, seed: int = 0) -> torch.Tensor:

@@ -142,13 +142,22 @@ def score_candidates(
     order = torch.argsort(dist)
     return [
         ScoredCandidate(
-            tokens=[t for t in candidates[i].tolist() if pad_id is None or t != pad_id],
+            tokens=_strip_trailing(candidates[i].tolist(), pad_id),
             distance=float(dist[i]),
             position=int(pos[i]),
             in_preimage=bool(dist[i] <= epsilon),
         )
         for i in order.tolist()
     ]
+
+
+def _strip_trailing(tokens: list[int], pad_id: int | None) -> list[int]:
+    """Drop the padding *after* a sequence; a pad the decoder put mid-sequence stays, so that
+    positions keep their meaning."""
+    if pad_id is not None:
+        while tokens and tokens[-1] == pad_id:
+            tokens.pop()
+    return tokens
 
 
 def preimage_fraction(scored: Sequence[ScoredCandidate]) -> float:

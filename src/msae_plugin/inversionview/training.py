@@ -32,7 +32,11 @@ class PairBatch:
 
 
 class PairGenerator:
-    """Fresh (activation, input) pairs from ``probed`` at random hooks and positions."""
+    """Fresh (activation, input) pairs from ``probed`` at random hooks and positions.
+
+    ``positions`` restricts the query positions (the paper does so for its counting task) so
+    that a CPU training budget is spent on the positions that will be queried; by default every
+    non-special position can be drawn."""
 
     def __init__(
         self,
@@ -43,6 +47,7 @@ class PairGenerator:
         bos_id: int,
         p_bos: float = 0.01,
         seed: int = 0,
+        positions: Sequence[int] | None = None,
     ) -> None:
         if not hooks:
             raise ValueError("give at least one hook to train the decoder on")
@@ -53,6 +58,7 @@ class PairGenerator:
         self.special = torch.tensor(sorted(set(special_ids)))
         self.bos_id = bos_id
         self.p_bos = p_bos
+        self.positions = None if positions is None else torch.tensor(sorted(set(positions)))
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
@@ -67,6 +73,10 @@ class PairGenerator:
         )
         acts = select_site(cache[hook], head)
         ordinary = ~torch.isin(tokens, self.special)
+        if self.positions is not None:
+            allowed = torch.zeros(tokens.shape[1], dtype=torch.bool)
+            allowed[self.positions[self.positions < tokens.shape[1]]] = True
+            ordinary &= allowed
         weights = ordinary.float() + 1e-9 * (~ordinary).float()
         pos = torch.multinomial(weights, 1, generator=g).squeeze(1)
         use_bos = torch.rand(batch_size, generator=g) < self.p_bos
