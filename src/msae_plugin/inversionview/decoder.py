@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+KV = tuple[torch.Tensor, torch.Tensor]  # one block's cached keys/values [b, heads, 1 + t, d_head]
+
 
 @dataclass
 class DecoderConfig:
@@ -97,21 +99,34 @@ class SlotAttention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, slot: torch.Tensor | None, past: KV | None = None
+    ) -> tuple[torch.Tensor, KV]:
+        """``x``: new token states ``[b, t, d]``. Without ``past`` these are the whole prefix
+        and ``slot`` is projected in front; with ``past`` (keys/values of the slot and earlier
+        tokens, from a previous call) they continue it. Returns the output and the keys/values
+        to pass next time (sampling without recomputing the prefix)."""
         b, t, d = x.shape
         h = self.n_heads
-        q = self.qkv(x)[..., :d]
-        kv = self.qkv(torch.cat([slot.unsqueeze(1), x], dim=1))[..., d:]
-        k, v = kv.chunk(2, dim=-1)
-        q = q.view(b, t, h, d // h).transpose(1, 2)
-        k = k.view(b, t + 1, h, d // h).transpose(1, 2)
-        v = v.view(b, t + 1, h, d // h).transpose(1, 2)
-        # query i sees the slot (key 0) and tokens 0..i (keys 1..i+1)
-        mask = torch.ones(t, t + 1, dtype=torch.bool, device=x.device).tril(diagonal=1)
+        if past is None:
+            q = self.qkv(x)[..., :d]
+            k, v = self.qkv(torch.cat([slot.unsqueeze(1), x], dim=1))[..., d:].chunk(2, dim=-1)
+            k = k.view(b, t + 1, h, d // h).transpose(1, 2)
+            v = v.view(b, t + 1, h, d // h).transpose(1, 2)
+            # query i sees the slot (key 0) and tokens 0..i (keys 1..i+1)
+            mask = torch.ones(t, t + 1, dtype=torch.bool, device=x.device).tril(diagonal=1)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            k = torch.cat([past[0], k.view(b, t, h, d // h).transpose(1, 2)], dim=2)
+            v = torch.cat([past[1], v.view(b, t, h, d // h).transpose(1, 2)], dim=2)
+            n_past = past[0].shape[2]
+            mask = torch.ones(t, n_past + t, dtype=torch.bool, device=x.device).tril(
+                diagonal=n_past)
+        q = q.reshape(b, t, h, d // h).transpose(1, 2)
         z = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out(z.transpose(1, 2).reshape(b, t, d))
+        return self.out(z.transpose(1, 2).reshape(b, t, d)), (k, v)
 
 
 class DecoderBlock(nn.Module):
@@ -127,10 +142,13 @@ class DecoderBlock(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        slot = self.slot_ln(self.slot_proj(z))
-        x = x + self.drop(self.attn(self.ln1(x), slot))
-        return x + self.drop(self.mlp(self.ln2(x)))
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor | None, past: KV | None = None
+    ) -> tuple[torch.Tensor, KV]:
+        slot = None if past is not None else self.slot_ln(self.slot_proj(z))
+        a, kv = self.attn(self.ln1(x), slot, past)
+        x = x + self.drop(a)
+        return x + self.drop(self.mlp(self.ln2(x))), kv
 
 
 class InversionViewDecoder(nn.Module):
@@ -165,12 +183,19 @@ class InversionViewDecoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, act: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         self._check(tokens, act, site)
-        z = self.act_proc(act, site)
-        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        return self._run(tokens, self.act_proc(act, site))[0]
+
+    def _run(
+        self, tokens: torch.Tensor, z: torch.Tensor | None, past: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        start = 0 if past is None else past[0][0].shape[2] - 1  # minus the slot
+        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.tok_embed(tokens) + self.pos_embed(pos)
-        for block in self.blocks:
-            x = block(x, z)
-        return self.ln_f(x) @ self.tok_embed.weight.T
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, z, None if past is None else past[i])
+            kvs.append(kv)
+        return self.ln_f(x) @ self.tok_embed.weight.T, kvs
 
     def loss(self, tokens: torch.Tensor, act: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; padding targets are ignored."""
@@ -200,9 +225,14 @@ class InversionViewDecoder(nn.Module):
             act = act + eps * act.std(dim=-1, keepdim=True) * noise
         b = act.shape[0]
         tokens = torch.full((b, 1), self.cfg.bos_id, dtype=torch.long, device=act.device)
+        self._check(tokens, act, site)
         done = torch.zeros(b, dtype=torch.bool, device=act.device)
+        past = None
+        z = self.act_proc(act, site)
         while tokens.shape[1] < max_len and not done.all():
-            logits = self(tokens, act, site)[:, -1] / temperature
+            # keys/values of the slot and the prefix are cached: one new token per step
+            step_logits, past = self._run(tokens if past is None else tokens[:, -1:], z, past)
+            logits = step_logits[:, -1] / temperature
             probs = torch.softmax(logits.float(), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             nxt = torch.where(done, torch.full_like(nxt, self.cfg.pad_id), nxt)
