@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=2000)
     p.add_argument("--eval-queries", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--act-noise", type=float, default=0.0,
+                   help="Gaussian noise on training activations, in units of their std")
     p.add_argument("--all-positions", action="store_true",
                    help="train on every non-special position, not only +, =, A1-A3")
     p.add_argument("--threads", type=int, default=2)
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder = InversionViewDecoder(AD.decoder_config(d_model=args.d_model))
     pairs = AD.pair_generator(probed, seed=args.seed,
                               positions=None if args.all_positions else AD.QUERY_POSITIONS)
+    pairs.noise = args.act_noise
     args.out_dir.mkdir(parents=True, exist_ok=True)
     log_path = args.out_dir / "eval_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else []

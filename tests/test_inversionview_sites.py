@@ -144,3 +144,15 @@ def test_html_view_highlights_query_and_matches(probed) -> None:
     assert f"{sum(c.in_preimage for c in scored)}/8 samples inside" in page
     assert "<&>" not in page.split("<body>")[1] or "&lt;&amp;&gt;" in page
     assert page.count("<tr class=") == 8
+
+
+def test_training_activation_noise(probed) -> None:
+    clean = PairGenerator(probed, SITES[1:], sample_inputs, [PAD, BOS, EOS], bos_id=BOS, seed=4)
+    noisy = PairGenerator(probed, SITES[1:], sample_inputs, [PAD, BOS, EOS], bos_id=BOS, seed=4,
+                          noise=0.1)
+    a, b = clean(256), noisy(256)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.positions, b.positions)
+    rel = ((b.acts - a.acts).std(dim=-1) / a.acts.std(dim=-1)).mean()
+    assert rel.item() == pytest.approx(0.1, rel=0.1)
+    with pytest.raises(ValueError, match="noise must be ≥ 0"):
+        PairGenerator(probed, SITES, sample_inputs, [PAD], bos_id=BOS, noise=-1)

@@ -36,7 +36,9 @@ class PairGenerator:
 
     ``positions`` restricts the query positions (the paper does so for its counting task) so
     that a CPU training budget is spent on the positions that will be queried; by default every
-    non-special position can be drawn."""
+    non-special position can be drawn. ``noise`` adds ``N(0, 1)·std(a)·noise`` to each training
+    activation (optional; the paper's released runs train without it and perturb queries only
+    at sampling time)."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class PairGenerator:
         p_bos: float = 0.01,
         seed: int = 0,
         positions: Sequence[int] | None = None,
+        noise: float = 0.0,
     ) -> None:
         if not hooks:
             raise ValueError("give at least one hook to train the decoder on")
@@ -59,6 +62,9 @@ class PairGenerator:
         self.bos_id = bos_id
         self.p_bos = p_bos
         self.positions = None if positions is None else torch.tensor(sorted(set(positions)))
+        if noise < 0:
+            raise ValueError(f"noise must be ≥ 0, got {noise}")
+        self.noise = noise
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
@@ -83,6 +89,9 @@ class PairGenerator:
         bos_pos = (tokens == self.bos_id).float().argmax(dim=1)
         pos = torch.where(use_bos, bos_pos, pos)
         picked = acts[torch.arange(batch_size), pos]
+        if self.noise:
+            eps = torch.randn(picked.shape, generator=g, dtype=picked.dtype)
+            picked = picked + eps * picked.std(dim=-1, keepdim=True) * self.noise
         return PairBatch(tokens, picked, torch.full((batch_size,), site), pos)
 
 
