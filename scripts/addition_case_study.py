@@ -37,7 +37,57 @@ from msae_plugin.inversionview.sampling import batch_precision, sample_preimage 
 from msae_plugin.inversionview.views import render_html, render_table  # noqa: E402
 
 POS_NAMES = {4: "+", 8: "=", 9: "A1", 10: "A2", 11: "A3"}
-EXAMPLE = "673+489=1162"  # carries out of the ones and the tens: a four-digit sum
+EXAMPLE = "673+489=1162"
+# a query counts when ≥ MIN_INSIDE of its samples are in the preimage; a cell is read when
+# ≥ MIN_QUERIES queries count (else "n/a": too few preimage samples to say what they share)
+MIN_INSIDE, MIN_QUERIES = 3, 4  # carries out of the ones and the tens: a four-digit sum
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_agreement(results: dict, sites: list[str], path: Path) -> None:
+    """Per query position, a sites × variables heat map of (agreement − chance) inside the
+    preimage: 1 = the variable is fixed across the preimage, 0 = no more than chance."""
+    plt = _plt()
+    names = list(POS_NAMES.values())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 5.2), sharey=True)
+    for ax, pname in zip(axes, names, strict=True):
+        m = [[results[s][pname]["agreement"][v] - results[s][pname]["chance"][v]
+              if results[s][pname]["encoded"] is not None else float("nan")
+              for v in AA.VARIABLES] for s in sites]
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("#dddddd")  # grey: too few preimage samples to read the cell
+        im = ax.imshow(m, vmin=-0.2, vmax=1.0, cmap=cmap, aspect="auto")
+        ax.set_title(f"query at '{pname}'")
+        ax.set_xticks(range(len(AA.VARIABLES)), AA.VARIABLES, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(sites)), [s.replace("attn.hook_result", "head") for s in sites],
+                      fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="agreement − chance (in-preimage samples)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_training(log: list[dict], path: Path) -> None:
+    """Per-site precision (one T=1 sample per held-out query) over training steps."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = [e["step"] for e in log]
+    for site in log[-1]["ratio"]:
+        ax.plot(steps, [e["ratio"][site] for e in log], lw=1, label=site)
+    ax.plot(steps, [e["mean_ratio"] for e in log], "k", lw=2.5, label="mean")
+    ax.axhline(0.9, ls="--", c="grey")
+    ax.set_xlabel("decoder training step (batch 256)")
+    ax.set_ylabel("fraction in ε=0.1 preimage (τ=1)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             n_with = 0
             for i in range(args.queries):
                 ins = [s.tolist() for s, ok in zip(samples[i], inside[i], strict=True) if ok]
-                if not ins:
+                if len(ins) < MIN_INSIDE:
                     continue
                 a = AA.agreement(queries[i].tolist(), ins)
                 if any(math.isnan(v) for v in a.values()):
@@ -88,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 "queries_with_preimage_samples": n_with,
                 "agreement": mean_agree,
                 "chance": mean_chance,
-                "encoded": AA.encoded_variables(mean_agree, mean_chance) if n_with else [],
+                "encoded": (AA.encoded_variables(mean_agree, mean_chance)
+                            if n_with >= MIN_QUERIES else None),
             }
             bar.update(1)
     bar.close()
@@ -101,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for pname in POS_NAMES.values():
             r = results[site][pname]
-            enc = ", ".join(r["encoded"]) or "—"
+            enc = "n/a" if r["encoded"] is None else ", ".join(r["encoded"]) or "—"
             cells.append(f"{enc} <sub>({r['precision']:.2f})</sub>")
         lines.append(f"| `{site}` | " + " | ".join(cells) + " |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
@@ -120,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                            title=f"InversionView: {EXAMPLE} @ {site}")
         (args.out / f"{site}.html").write_text(page)
     (args.out / "examples.md").write_text("\n".join(md))
+    plot_agreement(results, sites, args.out / "agreement.png")
+    log_path = (args.decoder_dir or AD.data_dir() / "addition_decoder") / "eval_log.json"
+    if log_path.is_file():
+        plot_training(json.loads(log_path.read_text()), args.out / "training.png")
     (args.out / "case_study.json").write_text(json.dumps({
         "command": "python scripts/addition_case_study.py " + " ".join(argv or []),
         "decoder_training": rel.meta.get("training"),
