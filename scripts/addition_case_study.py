@@ -33,7 +33,11 @@ from msae_plugin.inversionview import addition_analysis as AA  # noqa: E402
 from msae_plugin.inversionview import addition_decoder as AD  # noqa: E402
 from msae_plugin.inversionview.preimage import activations_at  # noqa: E402
 from msae_plugin.inversionview.releases import load_release  # noqa: E402
-from msae_plugin.inversionview.sampling import batch_precision, sample_preimage  # noqa: E402
+from msae_plugin.inversionview.sampling import (  # noqa: E402
+    batch_precision,
+    sample_preimage,
+    token_contrast,
+)
 from msae_plugin.inversionview.views import render_html, render_table  # noqa: E402
 
 POS_NAMES = {4: "+", 8: "=", 9: "A1", 10: "A2", 11: "A3"}
@@ -167,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         scored = sample_preimage(dec, probed, sites, site, q, n=32, seed=j)
         md.append(f"#### `{site}`\n\n```\n"
                   + render_table(scored, rel.decode, rel.decode(real), 8, limit=8) + "\n```\n")
-        page = render_html(scored, rel.decode, real, 8, site,
+        base = activations_at(probed, torch.tensor([ex]), site)[0, 0]
+        contrast = token_contrast(dec, [c.tokens for c in scored], j, q, base)
+        page = render_html(scored, rel.decode, real, 8, site, contrast=contrast,
                            title=f"InversionView: {EXAMPLE} @ {site}")
         (args.out / f"{site}.html").write_text(page)
     (args.out / "examples.md").write_text("\n".join(md))

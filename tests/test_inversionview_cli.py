@@ -33,6 +33,7 @@ def test_table_and_html(decoder_dir, tmp_path, capsys) -> None:
     assert "/8 samples inside the ε=0.1 preimage" in out
     page = html.read_text()
     assert 'class="tok query">=</span>' in page and page.count("<tr class=") == 8
+    assert "rgba(" in page and "token colour" in page  # per-token contrast colouring
 
 
 def test_raw_activation_input(decoder_dir, tmp_path, capsys) -> None:

@@ -156,3 +156,22 @@ def test_training_activation_noise(probed) -> None:
     assert rel.item() == pytest.approx(0.1, rel=0.1)
     with pytest.raises(ValueError, match="noise must be ≥ 0"):
         PairGenerator(probed, SITES, sample_inputs, [PAD], bos_id=BOS, noise=-1)
+
+
+def test_token_contrast_against_separate_forwards(probed) -> None:
+    from msae_plugin.inversionview.sampling import token_contrast
+
+    dec = decoder()
+    samples = [[BOS, 3, 4, 5, EOS], [BOS, 6, EOS]]
+    q, base = torch.randn(16), torch.randn(16)
+    got = token_contrast(dec, samples, 1, q, base)
+    assert [len(c) for c in got] == [5, 3] and got[0][0] == 0.0
+    with torch.no_grad():
+        for s, c in zip(samples, got, strict=True):
+            t = torch.tensor([s])
+            pq = torch.softmax(dec(t[:, :-1], q[None], torch.tensor([1])), -1)[0]
+            pb = torch.softmax(dec(t[:, :-1], base[None], torch.tensor([1])), -1)[0]
+            ref = [0.0] + [(pq[i, s[i + 1]] - pb[i, s[i + 1]]).item() for i in range(len(s) - 1)]
+            assert c == pytest.approx(ref, abs=1e-5)
+    page = render_html([], str, [BOS], 0, "x", contrast=[])
+    assert "token colour" in page

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from msae_plugin.inversionview.preimage import activations_at, check_epsilon
     from msae_plugin.inversionview.releases import load_release
-    from msae_plugin.inversionview.sampling import sample_preimage
+    from msae_plugin.inversionview.sampling import sample_preimage, token_contrast
     from msae_plugin.inversionview.views import render_html, render_table
 
     try:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if not torch.is_tensor(query) or query.dim() != 1:
             return _fail(f"{args.activation} must hold one 1-D activation vector")
         query_tokens: list[int] = []
+        baseline = None
         position = -1
         query_text = f"raw activation from {args.activation}"
     else:
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"--position {position} is outside the input (0..{len(real) - 1})")
         acts = activations_at(rel.probed, torch.tensor([query_tokens]), args.site)
         query = acts[0, position]
+        baseline = acts[0, 0]  # BOS: the same site with no input information
         query_tokens = real
         query_text = rel.decode(real)
     try:
@@ -110,8 +112,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"site {args.site}")
     print(render_table(scored, rel.decode, query_text, position, args.epsilon, args.limit))
     if args.html is not None:
+        contrast = None
+        if baseline is not None:
+            contrast = token_contrast(rel.decoder, [c.tokens for c in scored],
+                                      rel.sites.index(args.site), query.float(), baseline)
         page = render_html(scored, rel.decode, query_tokens, position, args.site, args.epsilon,
-                           title=f"InversionView: {query_text} @ {args.site}")
+                           title=f"InversionView: {query_text} @ {args.site}",
+                           contrast=contrast)
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(page)
         print(f"wrote {args.html}")

@@ -94,3 +94,34 @@ def batch_precision(
         1e-12)
     dist = dist.masked_fill(cands == decoder.cfg.pad_id, float("inf")).min(dim=-1).values
     return (dist, cands, queries) if return_samples else dist
+
+
+@torch.no_grad()
+def token_contrast(
+    decoder: InversionViewDecoder,
+    samples: Sequence[Sequence[int]],
+    site: int,
+    query: torch.Tensor,
+    baseline: torch.Tensor,
+) -> list[list[float]]:
+    """Per sampled token, ``p(token | prefix, query) − p(token | prefix, baseline)`` (the
+    paper's colouring: the conditional minus an "unconditional" decoder, where the baseline is
+    the same site's activation at the BOS position, which carries no input information).
+    High values mark the tokens the query activation is responsible for. The first token (BOS)
+    gets 0."""
+    if not samples:
+        return []
+    width = max(len(s) for s in samples)
+    pad = decoder.cfg.pad_id
+    tokens = torch.tensor([list(s) + [pad] * (width - len(s)) for s in samples])
+    n = len(samples)
+    sites = torch.full((n,), site)
+    if width < 2:
+        return [[0.0] * len(s) for s in samples]
+    probs = []
+    for act in (query, baseline):
+        logits = decoder(tokens[:, :-1], act.expand(n, -1), sites)
+        p = torch.softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        probs.append(p)
+    diff = (probs[0] - probs[1]).tolist()
+    return [[0.0] + diff[i][: len(s) - 1] for i, s in enumerate(samples)]

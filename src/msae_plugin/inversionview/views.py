@@ -44,9 +44,19 @@ tr.in { background: #f1f8e9; } tr.out { background: #fff; }
 """
 
 
-def _tokens_html(tokens: Sequence[str], mark: int, css: str) -> str:
+def _colour(c: float) -> str:
+    """Blue for tokens the query makes more likely, red for less likely (alpha = |c|)."""
+    rgb = "30, 100, 230" if c >= 0 else "220, 50, 50"
+    return f' style="background: rgba({rgb}, {min(1.0, abs(c)):.2f})"'
+
+
+def _tokens_html(
+    tokens: Sequence[str], mark: int, css: str, contrast: Sequence[float] | None = None
+) -> str:
     return "".join(
-        f'<span class="tok {css if i == mark else ""}">{html.escape(t)}</span>'
+        f'<span class="tok {css if i == mark else ""}"'
+        f'{_colour(contrast[i]) if contrast is not None and i < len(contrast) else ""}>'
+        f"{html.escape(t)}</span>"
         for i, t in enumerate(tokens)
     )
 
@@ -60,6 +70,7 @@ def render_html(
     epsilon: float = DEFAULT_EPSILON,
     title: str = "InversionView",
     limit: int = 100,
+    contrast: Sequence[Sequence[float]] | None = None,
 ) -> str:
     """One self-contained HTML page: the query input with its position highlighted, then the
     samples (closest first) with distance, in/out of the ε-preimage and the position whose
@@ -67,13 +78,16 @@ def render_html(
     n_in = sum(c.in_preimage for c in scored)
     q = _tokens_html([decode([t]) for t in query_tokens], query_position, "query")
     rows = []
-    for c in scored[:limit]:
-        toks = _tokens_html([decode([t]) for t in c.tokens], c.position, "match")
+    for i, c in enumerate(scored[:limit]):
+        toks = _tokens_html([decode([t]) for t in c.tokens], c.position, "match",
+                            None if contrast is None else contrast[i])
         cls = "in" if c.in_preimage else "out"
         rows.append(
             f'<tr class="{cls}"><td class="d">{c.distance:.4f}</td>'
             f"<td>{'yes' if c.in_preimage else 'no'}</td><td>{c.position}</td><td>{toks}</td></tr>"
         )
+    legend = ("; token colour: p(token | query) − p(token | BOS activation), blue = raised by "
+              "the query, red = lowered") if contrast is not None else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body>
@@ -81,7 +95,7 @@ def render_html(
 <p>Query: {q}</p>
 <p class="meta">site <code>{html.escape(site)}</code>, position {query_position};
 {n_in}/{len(scored)} samples inside the ε = {epsilon} preimage (normalised distance
-‖a − q‖ / ‖q‖, minimised over each sample's positions; the matching position is outlined).</p>
+‖a − q‖ / ‖q‖, minimised over each sample's positions; the matching position is outlined{legend}).</p>
 <table><tr><th>distance</th><th>in ε-preimage</th><th>pos</th><th>sample</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
