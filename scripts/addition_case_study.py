@@ -94,6 +94,31 @@ def plot_training(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+POSITION_NAMES = "B F1 F2 F3 + S1 S2 S3 = A1 A2 A3 A4/E E".split()
+
+
+@torch.no_grad()
+def attention_table(probed, n: int = 2000) -> str:
+    """Where each head looks from each query position (mean pattern over held-out problems,
+    the top-3 keys): an independent check on what the per-head sites can carry."""
+    tokens = AD.held_out_inputs(n, seed=0)
+    _, cache = probed.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    names = list(POS_NAMES.values())
+    lines = ["| head | " + " | ".join(f"from `{p}`" for p in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for layer in range(probed.cfg.n_layers):
+        pat = cache[f"blocks.{layer}.attn.hook_pattern"].mean(0)  # [head, query, key]
+        for h in range(probed.cfg.n_heads):
+            cells = []
+            for pos in POS_NAMES:
+                top = pat[h, pos].topk(3)
+                cells.append(", ".join(f"{POSITION_NAMES[k]} {v:.2f}" for v, k in
+                                       zip(top.values.tolist(), top.indices.tolist(),
+                                           strict=True)))
+            lines.append(f"| {layer}.{h} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("docs/inversionview-addition"))
@@ -177,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                            title=f"InversionView: {EXAMPLE} @ {site}")
         (args.out / f"{site}.html").write_text(page)
     (args.out / "examples.md").write_text("\n".join(md))
+    (args.out / "attention.md").write_text(attention_table(probed))
     plot_agreement(results, sites, args.out / "agreement.png")
     log_path = (args.decoder_dir or AD.data_dir() / "addition_decoder") / "eval_log.json"
     if log_path.is_file():
