@@ -44,4 +44,5 @@ def test_decoded_samples_beat_random_inputs(rel, site, pos) -> None:
     baseline = (dist.masked_fill(rand == A.PAD, float("inf")).min(dim=-1).values <= 0.1)
     baseline = baseline.float().mean().item()
     print(f"{site} @ {pos}: decoded {decoded:.3f} vs random {baseline:.3f}")
-    assert decoded >= baseline + 0.25, (decoded, baseline)
+    # B7 measures 1.00 / 0.99 / 0.90 for these cells (random inputs ≤ 0.05)
+    assert decoded >= 0.8 and decoded >= baseline + 0.5, (decoded, baseline)
