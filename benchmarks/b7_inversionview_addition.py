@@ -47,7 +47,7 @@ def main() -> None:
 
     from msae_plugin.inversionview import addition as A
     from msae_plugin.inversionview import addition_decoder as AD
-    from msae_plugin.inversionview.preimage import activations_at
+    from msae_plugin.inversionview.preimage import activations_at, paired_min_distances
     from msae_plugin.inversionview.releases import load_release
     from msae_plugin.inversionview.sampling import DEFAULT_PLAN, batch_precision, sample_preimage
 
@@ -79,9 +79,7 @@ def main() -> None:
                 plan_hits.append(d <= EPS)
             # baseline: random task inputs scored against the same queries
             q = activations_at(probed, rep, site)[:, pos]
-            a = activations_at(probed, rand, site)
-            dist = (a - q[:, None]).norm(dim=-1) / q.norm(dim=-1, keepdim=True)
-            dist = dist.masked_fill(rand == A.PAD, float("inf")).min(dim=-1).values
+            dist = paired_min_distances(activations_at(probed, rand, site), q, rand != A.PAD)
             per["random"] = float((dist <= EPS).float().mean())
             r["by_position"][A.VOCAB[int(queries[0, pos])] if pos in (4, 8) else
                              f"A{pos - 8}"] = per

@@ -113,6 +113,18 @@ def min_distances(
     return dist.min(dim=-1)
 
 
+def paired_min_distances(
+    acts: torch.Tensor, queries: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[n]``: for each candidate ``i``, ``min_p ‖acts[i, p] − queries[i]‖ / ‖queries[i]‖`` over
+    its ``valid`` positions (one query per candidate, as when evaluating many queries at once)."""
+    dist = (acts - queries[:, None]).norm(dim=-1) / queries.norm(dim=-1, keepdim=True).clamp_min(
+        1e-12)
+    if valid is not None:
+        dist = dist.masked_fill(~valid, float("inf"))
+    return dist.min(dim=-1).values
+
+
 @dataclass
 class ScoredCandidate:
     """One candidate input with its distance to the query and where the minimum was found."""

@@ -13,6 +13,7 @@ from msae_plugin.inversionview.preimage import (
     ScoredCandidate,
     activations_at,
     check_epsilon,
+    paired_min_distances,
     score_candidates,
 )
 from msae_plugin.inversionview.views import render_table  # noqa: F401  (re-export)
@@ -90,9 +91,7 @@ def batch_precision(
     site = torch.full((n,), list(hooks).index(hook_name))
     cands = decoder.sample(queries, site, temperature, noise, generator=generator)
     acts = activations_at(probed, cands, hook_name)
-    dist = (acts - queries[:, None]).norm(dim=-1) / queries.norm(dim=-1, keepdim=True).clamp_min(
-        1e-12)
-    dist = dist.masked_fill(cands == decoder.cfg.pad_id, float("inf")).min(dim=-1).values
+    dist = paired_min_distances(acts, queries, cands != decoder.cfg.pad_id)
     return (dist, cands, queries) if return_samples else dist
 
 
