@@ -28,7 +28,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +213,8 @@ def bench_model(name: str, model: Any, args: argparse.Namespace) -> dict[str, An
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def start_run(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """Threads, machine facts and the header line shared by B4-B6: ``(info, t_start)``."""
     setup_threads(args.threads, args.device)
     t_start = time.perf_counter()
     info = machine_info()
@@ -223,18 +223,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"load={info['load_average_1_5_15min']}")
     if torch.device(args.device).type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name()
+    return info, t_start
 
-    results: dict[str, Any] = {}
-    rows = []
+
+def each_model(
+    args: argparse.Namespace,
+    bench: Callable[[str, Any, argparse.Namespace], dict[str, Any]],
+    results: dict[str, Any],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Load each of ``args.models``, run ``bench`` on it and record the result (or why it was
+    skipped) in ``results``; yields ``(name, result)`` for the caller's table rows."""
     for name in args.models:
         model, note = load_model(name, args.device)
         if model is None:
             print(f"{name}: {note}")
             results[name] = {"skipped": note}
             continue
-        res = bench_model(name, model, args)
+        res = bench(name, model, args)
         res["note"] = note
         results[name] = res
+        del model
+        yield name, res
+
+
+def save_run(
+    benchmark: str, args: argparse.Namespace, info: dict[str, Any], t_start: float,
+    results: dict[str, Any], table: str, config: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the result JSON (``_quick`` / ``_cuda`` suffixes) and return its payload."""
+    suffix = "_quick" if args.quick else ("_cuda" if args.device.startswith("cuda") else "")
+    payload = {
+        "benchmark": benchmark,
+        "command": "python " + " ".join([f"benchmarks/{benchmark}.py", *sys.argv[1:]]),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        | {"dtype": "float32", "grad": "torch.no_grad()"} | config,
+        "machine": info,
+        "machine_end": {"load_average_1_5_15min": load_average()},
+        "results": results,
+        "table": table,
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    path = write_json(benchmark + suffix, payload, args.out)
+    print(f"\nwrote {path}  (total {payload['wall_seconds']} s)")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    info, t_start = start_run(args)
+    results: dict[str, Any] = {}
+    rows = []
+    for name, res in each_model(args, bench_model, results):
         t = res["timings"]
         for n in ("raw", "hooked", "cache_1", "hook_z"):
             ratio = t[n].get("ratio_over_raw_median")
@@ -243,29 +282,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"{1e3 * t[n]['min_s']:.2f}",
                          "" if ratio is None else f"{ratio:.3f}x",
                          f"<= {TARGET_RATIO}x" if n == "hooked" else "", verdict])
-        del model
     print()
     table = print_table(["model", "batch", "variant", "median ms", "min ms", "/raw (med)",
                          "target", "verdict"], rows)
-    suffix = "_quick" if args.quick else ("_cuda" if args.device.startswith("cuda") else "")
-    payload = {
-        "benchmark": "b4_hooked_forward",
-        "command": "python " + " ".join(["benchmarks/b4_hooked_forward.py", *sys.argv[1:]]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        | {"dtype": "float32", "grad": "torch.no_grad()",
-           "variants": {"raw": "clip.encode_image(x)", "hooked": "model(x), no hooks",
-                        "cache_1": "run_with_cache(x, names_filter=[blocks.{mid}.hook_resid_post])",
-                        "hook_z": "run_with_hooks(x, fwd_hooks=[(blocks.{mid}.attn.hook_z, noop)])"},
-           "target": f"hooked / raw <= {TARGET_RATIO}x (median)"},
-        "machine": info,
-        "machine_end": {"load_average_1_5_15min": load_average()},
-        "results": results,
-        "table": table,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-    }
-    path = write_json("b4_hooked_forward" + suffix, payload, args.out)
-    print(f"\nwrote {path}  (total {payload['wall_seconds']} s)")
-    return payload
+    return save_run("b4_hooked_forward", args, info, t_start, results, table, {
+        "variants": {"raw": "clip.encode_image(x)", "hooked": "model(x), no hooks",
+                     "cache_1": "run_with_cache(x, names_filter=[blocks.{mid}.hook_resid_post])",
+                     "hook_z": "run_with_hooks(x, fwd_hooks=[(blocks.{mid}.attn.hook_z, noop)])"},
+        "target": f"hooked / raw <= {TARGET_RATIO}x (median)"})
 
 
 if __name__ == "__main__":

@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine_info, print_table, write_json  # noqa: E402
+from _common import print_table  # noqa: E402
 from b4_hooked_forward import (  # noqa: E402
     CPU_BATCH,
     CUDA_BATCH,
     MODELS,
     calibrate_inner,
     default_device,
+    each_model,
     interleaved,
-    load_model,
     model_facts,
     random_images,
-    setup_threads,
+    save_run,
+    start_run,
 )
 
 SLACK = 0.1
@@ -95,54 +95,23 @@ def bench_model(name: str, model: Any, args: argparse.Namespace) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup_threads(args.threads, args.device)
-    t_start = time.perf_counter()
-    info = machine_info()
-    print(f"machine: {info['platform']} | cpus={info['cpu_count']} | torch {info['torch']} "
-          f"threads={info['torch_threads']} | device={args.device} | "
-          f"load={info['load_average_1_5_15min']}")
-    if torch.device(args.device).type == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name()
+    info, t_start = start_run(args)
     results: dict[str, Any] = {}
     rows = []
-    for name in args.models:
-        model, note = load_model(name, args.device)
-        if model is None:
-            print(f"{name}: {note}")
-            results[name] = {"skipped": note}
-            continue
-        res = bench_model(name, model, args)
-        res["note"] = note
-        results[name] = res
-        n = model.cfg.n_layers
-        rows.append([name, res["batch_size"], "full", n, f"{1e3 * res['full_median_s']:.2f}",
-                     "1.000", "", ""])
+    for name, res in each_model(args, bench_model, results):
+        rows.append([name, res["batch_size"], "full", res["model"]["n_layers"],
+                     f"{1e3 * res['full_median_s']:.2f}", "1.000", "", ""])
         for r in res["per_layer"]:
             rows.append([name, res["batch_size"], f"L={r['L']}", r["blocks_run"],
                          f"{1e3 * r['median_s']:.2f}", f"{r['fraction_of_full']:.3f}",
                          f"<= {r['bound']:.3f}", r["verdict"]])
-        del model
     print()
     table = print_table(["model", "batch", "run", "blocks", "median ms", "t / t_full",
                          "target", "verdict"], rows)
     n_fail = sum(r[-1] == "FAIL" for r in rows)
     print(f"\n{'all PASS' if n_fail == 0 else f'{n_fail} FAIL'}")
-    suffix = "_quick" if args.quick else ("_cuda" if args.device.startswith("cuda") else "")
-    payload = {
-        "benchmark": "b5_stop_at_layer",
-        "command": "python " + " ".join(["benchmarks/b5_stop_at_layer.py", *sys.argv[1:]]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        | {"dtype": "float32", "grad": "torch.no_grad()",
-           "target": f"t(stop_at_layer=L+1) / t(full) <= (L+1)/N + {SLACK}"},
-        "machine": info,
-        "machine_end": {"load_average_1_5_15min": load_average()},
-        "results": results,
-        "table": table,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-    }
-    path = write_json("b5_stop_at_layer" + suffix, payload, args.out)
-    print(f"wrote {path}  (total {payload['wall_seconds']} s)")
-    return payload
+    return save_run("b5_stop_at_layer", args, info, t_start, results, table, {
+        "target": f"t(stop_at_layer=L+1) / t(full) <= (L+1)/N + {SLACK}"})
 
 
 if __name__ == "__main__":

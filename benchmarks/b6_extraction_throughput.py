@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine_info, print_table, write_json  # noqa: E402
+from _common import print_table  # noqa: E402
 from b4_hooked_forward import (  # noqa: E402
     MODELS,
     calibrate_inner,
     default_device,
+    each_model,
     interleaved,
-    load_model,
     model_facts,
-    setup_threads,
+    save_run,
+    start_run,
 )
 
 CPU_BATCH = {"vit-b-32": 32, "embedded": 256}
@@ -123,30 +123,14 @@ def bench_model(name: str, model: Any, args: argparse.Namespace) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup_threads(args.threads, args.device)
-    t_start = time.perf_counter()
-    info = machine_info()
-    print(f"machine: {info['platform']} | cpus={info['cpu_count']} | torch {info['torch']} "
-          f"threads={info['torch_threads']} | device={args.device} | "
-          f"load={info['load_average_1_5_15min']}")
-    if torch.device(args.device).type == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name()
+    info, t_start = start_run(args)
     results: dict[str, Any] = {}
     rows = []
-    for name in args.models:
-        model, note = load_model(name, args.device)
-        if model is None:
-            print(f"{name}: {note}")
-            results[name] = {"skipped": note}
-            continue
-        res = bench_model(name, model, args)
-        res["note"] = note
-        results[name] = res
+    for name, res in each_model(args, bench_model, results):
         for variant, r in res["throughput"].items():
             rows.append([name, res["hook"], res["batch_size"], res["tokens_per_batch"], variant,
                          f"{1e3 * r['median_s_per_batch']:.1f}", f"{r['tokens_per_s']:,.0f}",
                          f"{r['images_per_s']:,.1f}", f"{r['activation_MB_per_s']:,.1f}"])
-        del model
     print()
     table = print_table(["model", "hook", "batch", "tokens/batch", "run", "ms/batch", "tokens/s",
                          "images/s", "MB/s"], rows)
@@ -154,24 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "speedup_stop_over_full" in res:
             print(f"{name}: stop_at_layer={res['stop_at_layer']} is "
                   f"{res['speedup_stop_over_full']:.2f}x faster than the full forward")
-    suffix = "_quick" if args.quick else ("_cuda" if args.device.startswith("cuda") else "")
-    payload = {
-        "benchmark": "b6_extraction_throughput",
-        "command": "python " + " ".join(["benchmarks/b6_extraction_throughput.py",
-                                         *sys.argv[1:]]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        | {"dtype": "float32", "grad": "torch.no_grad()",
-           "pipeline": "host images -> device -> run_with_cache(names_filter=[hook], "
-                       "stop_at_layer=layer+1) -> reshape(-1, d_model) -> store"},
-        "machine": info,
-        "machine_end": {"load_average_1_5_15min": load_average()},
-        "results": results,
-        "table": table,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-    }
-    path = write_json("b6_extraction_throughput" + suffix, payload, args.out)
-    print(f"wrote {path}  (total {payload['wall_seconds']} s)")
-    return payload
+    return save_run("b6_extraction_throughput", args, info, t_start, results, table, {
+        "pipeline": "host images -> device -> run_with_cache(names_filter=[hook], "
+                       "stop_at_layer=layer+1) -> reshape(-1, d_model) -> store"})
 
 
 if __name__ == "__main__":
