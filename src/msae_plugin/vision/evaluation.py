@@ -3,14 +3,22 @@ replaces the activation at its hook (no error term), at each k of the ladder.
 
 Reconstruction metrics (FVU, cosine) say how close the reconstruction is; this says whether what
 is lost matters to the model's task. "Kept" is spliced accuracy / original accuracy.
+
+:class:`VisionSAEEvaluator` is the reconstruction side during training: SAELens's ``SAETrainer``
+calls it (when logging to W&B) for FVU / cosine / L0 / dead latents on held-out activations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from msae_plugin.vision.training import VisionSAETrainingRunner
 
 
 def zero_shot_accuracy_kept(
@@ -69,3 +77,21 @@ def zero_shot_accuracy_kept(
         if is_msae:
             sae.set_default_k(saved_k)
     return out
+
+
+class VisionSAEEvaluator:
+    """SAETrainer evaluator (called when logging to W&B): FVU, cosine, L0 and dead fraction on
+    a fixed set of evaluation activations, through ``msae_plugin.metrics.evaluate_sae``."""
+
+    def __init__(self, runner: VisionSAETrainingRunner) -> None:
+        self.runner = runner
+
+    def __call__(
+        self, sae: Any, data_provider: Any, activation_scaler: ActivationScaler
+    ) -> dict[str, Any]:
+        from msae_plugin.metrics import flatten
+
+        x, _ = self.runner.eval_activations()
+        results = self.runner.evaluate(sae, activation_scaler(x))
+        return {f"eval/{k}": v for k, v in flatten(results).items()}
+

@@ -1,35 +1,28 @@
 """Train SAELens SAEs on CLIP image activations from a config, the SAELens way.
 
-:class:`VisionSAERunnerConfig` mirrors SAELens's ``LanguageModelSAERunnerConfig`` field by field
-where the meaning carries over (``sae``, ``model_name``, ``model_class_name``, ``hook_name``,
-``dataset_path``, ``training_tokens``, ``train_batch_size_tokens``, ``n_batches_in_buffer``, the
-learning-rate and Adam fields, dead-feature windows, checkpoints, ``logger``...) and replaces the
-text-only ones (``context_size``, ``prepend_bos``, ``seqpos_slice``, ``store_batch_size_prompts``)
-with ``token_selection`` and ``store_batch_size_images``.
-
 :class:`VisionSAETrainingRunner` is the analogue of ``LanguageModelSAETrainingRunner``: it loads
 the hooked model, builds the activation provider and the training SAE (any architecture in
 SAELens's training registry, ``"msae"`` included), trains with SAELens's ``SAETrainer``, and
 saves the SAE with ``save_inference_model`` (``cfg.json`` + ``sae_weights.safetensors``) plus
 ``runner_cfg.json``. Checkpoints are SAELens training checkpoints plus the provider's position in
 the image stream, so an interrupted run resumes where it stopped.
+
+The config lives in :mod:`~msae_plugin.vision.training_config`, config-file parsing in
+:mod:`~msae_plugin.vision.config_files` and the W&B evaluator in
+:mod:`~msae_plugin.vision.evaluation`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import signal
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from sae_lens import logger
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.constants import (
     RUNNER_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -38,379 +31,46 @@ from sae_lens.constants import (
 )
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
-from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
-from msae_plugin.errors import SAEModelMismatchError, UnsupportedModelError
+from msae_plugin.errors import SAEModelMismatchError
 from msae_plugin.vision.activation_cache import ActivationCache, cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
     check_image_hook,
     to_torch_dtype,
 )
+from msae_plugin.vision.config_files import (
+    VisionConfigError,
+    apply_overrides,
+    build_sae_config,
+    load_config_dict,
+)
+from msae_plugin.vision.evaluation import VisionSAEEvaluator
 from msae_plugin.vision.token_selection import TokenSelection
+from msae_plugin.vision.training_config import (
+    VisionSAERunnerConfig,
+    default_cached_activations_path,
+    resolve_model_class,
+)
+
+__all__ = [
+    "MAX_STATS_TOKENS",
+    "VisionConfigError",
+    "VisionSAEEvaluator",
+    "VisionSAERunnerConfig",
+    "VisionSAETrainingRunner",
+    "apply_overrides",
+    "build_sae_config",
+    "check_config_for_model",
+    "default_cached_activations_path",
+    "load_config_dict",
+    "resolve_model_class",
+]
 
 #: MSAE input statistics (mean, scale) are fitted on at most this many tokens
 MAX_STATS_TOKENS = 1 << 17
-
-
-class VisionConfigError(ValueError):
-    """An invalid vision training config (unknown field, bad value, missing sae fields)."""
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def resolve_model_class(name: str) -> type:
-    """The hooked-model class registered as ``name`` (``msae_plugin.registration``)."""
-    import msae_plugin
-    from msae_plugin.registration import HOOKED_MODELS
-
-    msae_plugin.register()
-    if name not in HOOKED_MODELS:
-        known = sorted(HOOKED_MODELS)
-        raise UnsupportedModelError(
-            f"unknown model_class_name {name!r}.{_suggest(name, known)} Registered hooked "
-            f"models: {', '.join(known) or '(none)'}; plugins add more (`msae plugins`)."
-        )
-    return HOOKED_MODELS[name]
-
-
-def default_cached_activations_path(
-    dataset_path: str, model_name: str, hook_name: str, token_selection: str
-) -> str:
-    """``activations/{dataset}/{model}/{hook}_{tokens}`` (SAELens's layout + the tokens kept)."""
-    tokens = str(token_selection).replace(":", "-")
-    clean = [s.replace("/", "_") for s in (dataset_path, model_name)]
-    return f"activations/{clean[0]}/{clean[1]}/{hook_name}_{tokens}"
-
-
-@dataclass
-class VisionSAERunnerConfig:
-    """Configuration for training an SAE on a hooked CLIP image tower.
-
-    Fields shared with ``LanguageModelSAERunnerConfig`` mean the same thing. Vision-specific:
-
-    Args:
-        dataset_path: a registered image dataset (``"msae-digits"``) or a folder of image files.
-        dataset_kwargs: extra arguments of a named dataset (e.g. ``{"images_per_epoch": 4096}``).
-        token_selection: ``"all"`` (CLS + patches), ``"cls"``, ``"patches"``, a position or a
-            slice ``"a:b"``; replaces ``context_size`` / ``seqpos_slice``.
-        store_batch_size_images: images per model forward (``store_batch_size_prompts``).
-        model_device: device of the CLIP model (``llm_device``); defaults to ``device``.
-        n_eval_batches: evaluation uses ``n_eval_batches * store_batch_size_images`` images
-            (held out when the dataset has a test split).
-        n_batches_for_norm_estimate: batches used to estimate activation normalisation
-            (``normalize_activations="expected_average_only_in"``) and, for MSAE, its input mean
-            and scale (capped at ``MAX_STATS_TOKENS`` tokens).
-
-    Differences from SAELens: ``logger`` defaults to ``LoggingConfig(log_to_wandb=False)``.
-    """
-
-    sae: TrainingSAEConfig
-
-    # data generating function (model + images)
-    model_name: str = "msae-tiny-clip"
-    model_class_name: str = "HookedOpenCLIP"
-    hook_name: str = "blocks.2.hook_resid_post"
-    dataset_path: str = "msae-digits"
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-    token_selection: str | int = "all"
-    use_cached_activations: bool = False
-    cached_activations_path: str | None = None
-    from_pretrained_path: str | None = None
-
-    # activation provider
-    n_batches_in_buffer: int = 20
-    training_tokens: int = 2_000_000
-    store_batch_size_images: int = 32
-    activations_mixing_fraction: float = 0.5
-
-    # misc
-    device: str = "cpu"
-    model_device: str | None = None
-    seed: int = 42
-    dtype: str = "float32"
-    autocast: bool = False
-
-    # training
-    train_batch_size_tokens: int = 4096
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    lr: float = 3e-4
-    lr_scheduler_name: str = "constant"
-    lr_warm_up_steps: int = 0
-    lr_end: float | None = None
-    lr_decay_steps: int = 0
-    n_restart_cycles: int = 1
-    dead_feature_window: int = 1000
-    feature_sampling_window: int = 2000
-    n_eval_batches: int = 10
-
-    logger: LoggingConfig = field(default_factory=lambda: LoggingConfig(log_to_wandb=False))
-
-    # outputs / checkpoints
-    n_checkpoints: int = 0
-    checkpoint_path: str | None = "checkpoints"
-    save_final_checkpoint: bool = False
-    output_path: str | None = "output"
-    resume_from_checkpoint: str | None = None
-
-    verbose: bool = True
-    model_from_pretrained_kwargs: dict[str, Any] | None = None
-    n_batches_for_norm_estimate: int = 1000
-
-    def __post_init__(self) -> None:
-        if isinstance(self.sae, dict):
-            raise VisionConfigError(
-                "sae is a dict: build the config with VisionSAERunnerConfig.from_dict(...) so the "
-                "SAE config class is looked up from sae['architecture']"
-            )
-        if not isinstance(self.sae, TrainingSAEConfig):
-            raise VisionConfigError(
-                f"sae must be a SAELens training-SAE config (e.g. StandardTrainingSAEConfig, "
-                f"MSAETrainingSAEConfig), got {type(self.sae).__name__}"
-            )
-        self.token_selection = str(TokenSelection.parse(self.token_selection))
-        for name in (
-            "training_tokens",
-            "train_batch_size_tokens",
-            "store_batch_size_images",
-            "n_batches_in_buffer",
-            "n_eval_batches",
-            "n_batches_for_norm_estimate",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise VisionConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.training_tokens < self.train_batch_size_tokens:
-            raise VisionConfigError(
-                f"training_tokens={self.training_tokens} is less than one batch "
-                f"(train_batch_size_tokens={self.train_batch_size_tokens})"
-            )
-        if not 0 <= self.activations_mixing_fraction <= 1:
-            raise VisionConfigError("activations_mixing_fraction must be in [0, 1]")
-        try:
-            to_torch_dtype(self.dtype)
-        except ValueError as exc:
-            raise VisionConfigError(str(exc)) from None
-        if str(self.sae.dtype).removeprefix("torch.") != str(self.dtype).removeprefix("torch."):
-            raise VisionConfigError(
-                f"sae.dtype={self.sae.dtype!r} differs from dtype={self.dtype!r} (the dtype of the "
-                "activations); set both to the same value"
-            )
-        resolve_model_class(self.model_class_name)
-        if self.model_from_pretrained_kwargs is None:
-            self.model_from_pretrained_kwargs = {}
-        if self.model_device is None:
-            self.model_device = self.device
-        if self.lr_end is None:
-            self.lr_end = self.lr / 10
-        if self.use_cached_activations and self.cached_activations_path is None:
-            self.cached_activations_path = default_cached_activations_path(
-                self.dataset_path, self.model_name, self.hook_name, self.token_selection
-            )
-        if self.logger.run_name is None:
-            self.logger.run_name = (
-                f"{self.sae.architecture()}-{self.sae.d_sae}-LR-{self.lr}-Tokens-"
-                f"{self.training_tokens:3.3e}"
-            )
-        if self.checkpoint_path is not None:
-            unique_id = self.logger.wandb_id or uuid.uuid4().hex[:8]
-            self.checkpoint_path = f"{self.checkpoint_path}/{unique_id}"
-
-    # ------------------------------------------------------------------ derived
-    @property
-    def total_training_tokens(self) -> int:
-        return self.training_tokens
-
-    @property
-    def total_training_steps(self) -> int:
-        return self.total_training_tokens // self.train_batch_size_tokens
-
-    @property
-    def tokens_per_buffer(self) -> int:
-        return self.train_batch_size_tokens * self.n_batches_in_buffer
-
-    def get_training_sae_cfg_dict(self) -> dict[str, Any]:
-        return self.sae.to_dict()
-
-    def to_sae_trainer_config(self) -> SAETrainerConfig:
-        """The ``SAETrainerConfig`` SAELens's trainer runs with (as the LM runner builds it)."""
-        return SAETrainerConfig(
-            n_checkpoints=self.n_checkpoints,
-            checkpoint_path=self.checkpoint_path,
-            save_final_checkpoint=self.save_final_checkpoint,
-            total_training_samples=self.total_training_tokens,
-            device=self.device,
-            autocast=self.autocast,
-            lr=self.lr,
-            lr_end=self.lr_end,
-            lr_scheduler_name=self.lr_scheduler_name,
-            lr_warm_up_steps=self.lr_warm_up_steps,
-            adam_beta1=self.adam_beta1,
-            adam_beta2=self.adam_beta2,
-            lr_decay_steps=self.lr_decay_steps,
-            n_restart_cycles=self.n_restart_cycles,
-            train_batch_size_samples=self.train_batch_size_tokens,
-            dead_feature_window=self.dead_feature_window,
-            feature_sampling_window=self.feature_sampling_window,
-            logger=self.logger,
-            n_batches_for_norm_estimate=self.n_batches_for_norm_estimate,
-        )
-
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["logger"] = asdict(self.logger)
-        d["sae"] = self.sae.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, cfg_dict: dict[str, Any]) -> VisionSAERunnerConfig:
-        """Build from a dict (``to_dict`` output or a hand-written config file).
-
-        ``sae`` is ``{"architecture": "msae", "d_in": ..., "d_sae": ..., ...}``; the config class
-        comes from SAELens's training registry. ``checkpoint_path`` is kept as written (as in
-        SAELens's ``from_dict``: no unique id is appended).
-        """
-        import msae_plugin
-        from msae_plugin.registry_errors import get_sae_training_class
-
-        msae_plugin.register()
-        if not isinstance(cfg_dict, dict):
-            raise VisionConfigError(
-                f"a config must be a JSON object, got {type(cfg_dict).__name__}"
-            )
-        known = [f.name for f in fields(cls)]
-        for key in cfg_dict:
-            if key not in known:
-                raise VisionConfigError(
-                    f"unknown config field {key!r}.{_suggest(key, known)} Vision configs use "
-                    "token_selection instead of context_size/seqpos_slice and "
-                    "store_batch_size_images instead of store_batch_size_prompts."
-                    if key in ("context_size", "seqpos_slice", "prepend_bos",
-                               "store_batch_size_prompts")
-                    else f"unknown config field {key!r}.{_suggest(key, known)}"
-                )
-        if "sae" not in cfg_dict:
-            raise VisionConfigError(
-                'the config needs an "sae" section, e.g. {"architecture": "msae", "d_in": 128, '
-                '"d_sae": 1024, "k_start": 16}'
-            )
-        sae_dict = cfg_dict["sae"]
-        if isinstance(sae_dict, TrainingSAEConfig):
-            sae_cfg = sae_dict
-        else:
-            sae_cfg = build_sae_config(sae_dict, get_sae_training_class)
-        logger_cfg = cfg_dict.get("logger", {})
-        if isinstance(logger_cfg, dict):
-            logger_known = [f.name for f in fields(LoggingConfig)]
-            for key in logger_cfg:
-                if key not in logger_known:
-                    raise VisionConfigError(
-                        f"unknown logger field {key!r}.{_suggest(key, logger_known)}"
-                    )
-            logger_cfg = LoggingConfig(**{"log_to_wandb": False, **logger_cfg})
-        out = cls(**{**cfg_dict, "sae": sae_cfg, "logger": logger_cfg})
-        if "checkpoint_path" in cfg_dict:
-            out.checkpoint_path = cfg_dict["checkpoint_path"]
-        return out
-
-    @classmethod
-    def from_file(
-        cls, path: str | Path, overrides: list[str] | None = None
-    ) -> VisionSAERunnerConfig:
-        """Load a JSON (or, with PyYAML installed, YAML) config, applying ``key=value``
-        overrides (dotted keys reach into ``sae.`` and ``logger.``)."""
-        return cls.from_dict(apply_overrides(load_config_dict(path), overrides or []))
-
-
-def build_sae_config(sae_dict: Any, get_training_class: Any) -> TrainingSAEConfig:
-    """A training-SAE config from ``{"architecture": ..., fields...}`` with readable errors."""
-    if not isinstance(sae_dict, dict):
-        raise VisionConfigError(f'"sae" must be an object, got {type(sae_dict).__name__}')
-    if "architecture" not in sae_dict:
-        raise VisionConfigError(
-            '"sae" needs an "architecture" (e.g. "msae", "standard", "topk", "batchtopk", '
-            '"jumprelu")'
-        )
-    arch = sae_dict["architecture"]
-    _, cfg_class = get_training_class(arch)
-    allowed = [f.name for f in fields(cfg_class)] + ["architecture", "metadata"]
-    for key in sae_dict:
-        if key not in allowed:
-            raise VisionConfigError(
-                f"unknown field {key!r} for sae architecture {arch!r}.{_suggest(key, allowed)} "
-                f"Fields of {cfg_class.__name__}: "
-                + ", ".join(a for a in allowed if a != "metadata")
-            )
-    missing = [k for k in ("d_in", "d_sae") if k not in sae_dict]
-    if missing:
-        raise VisionConfigError(
-            f"sae is missing {missing}: d_in is the activation width at the hook "
-            "(model.activation_width(hook_name), e.g. d_model for hook_resid_post) and d_sae the "
-            "number of latents"
-        )
-    try:
-        return cfg_class.from_dict(sae_dict)
-    except TypeError as exc:
-        raise VisionConfigError(f"bad sae config for {arch!r}: {exc}") from exc
-
-
-def load_config_dict(path: str | Path) -> dict[str, Any]:
-    """Read a JSON / YAML config file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise VisionConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise VisionConfigError(
-                f"{path} is YAML but PyYAML is not installed: `pip install pyyaml`, or write "
-                "the config as JSON"
-            ) from None
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VisionConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise VisionConfigError(f"{path} must hold a JSON/YAML object at the top level")
-    return data
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def apply_overrides(cfg_dict: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["lr=1e-3", "sae.d_sae=512", "logger.log_to_wandb=false"]`` applied to a copy.
-
-    Values are parsed as JSON when they can be (numbers, booleans, null, lists, objects) and are
-    strings otherwise.
-    """
-    out = json.loads(json.dumps(cfg_dict))
-    for item in overrides:
-        if "=" not in item:
-            raise VisionConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-3)")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        target = out
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise VisionConfigError(f"override {item!r}: {part!r} is not a section")
-        target[parts[-1]] = _parse_value(value.strip())
-    return out
 
 
 def check_config_for_model(cfg: VisionSAERunnerConfig, model: Any) -> int:
@@ -450,22 +110,6 @@ class _InterruptibleProvider:
             raise InterruptedException()
         return next(self.provider)
 
-
-class VisionSAEEvaluator:
-    """SAETrainer evaluator (called when logging to W&B): FVU, cosine, L0 and dead fraction on
-    a fixed set of evaluation activations, through ``msae_plugin.metrics.evaluate_sae``."""
-
-    def __init__(self, runner: VisionSAETrainingRunner) -> None:
-        self.runner = runner
-
-    def __call__(
-        self, sae: Any, data_provider: Any, activation_scaler: ActivationScaler
-    ) -> dict[str, Any]:
-        from msae_plugin.metrics import flatten
-
-        x, _ = self.runner.eval_activations()
-        results = self.runner.evaluate(sae, activation_scaler(x))
-        return {f"eval/{k}": v for k, v in flatten(results).items()}
 
 
 class VisionSAETrainingRunner:
