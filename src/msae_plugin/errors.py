@@ -48,3 +48,18 @@ class TextInputError(ModelInputError):
 
 class SAEModelMismatchError(ValueError):
     """An SAE spliced into a model it was not trained for (hook or width mismatch)."""
+
+
+class InversionViewError(ValueError):
+    """A bad InversionView request: sample count, site or position the decoder does not know,
+    an output path that cannot be written."""
+
+
+class QueryActivationError(InversionViewError):
+    """A query activation InversionView cannot read: wrong shape, NaN/inf, or all zeros (the
+    paper's distance ‖a − q‖ / ‖q‖ is undefined for q = 0)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holding pickled Python objects other than tensors and plain containers:
+    loading it could run arbitrary code, so it is refused."""

@@ -7,11 +7,13 @@ TransformerLens silently caches nothing for a misspelt ``names_filter`` entry; f
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 
 from msae_plugin.errors import UnknownHookError
+from msae_plugin.names import suggest  # re-exported: vision.splicing and older callers use it
+
+__all__ = ["TEXT_PREFIX", "block_of", "check_names", "suggest", "tower_of"]
 
 TEXT_PREFIX = "text."
 _BLOCK = re.compile(r"^(?:text\.)?blocks\.(\d+)\.")
@@ -26,12 +28,6 @@ def block_of(name: str) -> int | None:
     """Block index of a ``blocks.{i}.*`` name (either tower), or ``None`` for model-level hooks."""
     m = _BLOCK.match(name)
     return int(m.group(1)) if m else None
-
-
-def suggest(name: str, valid: Iterable[str]) -> str:
-    """`` Did you mean 'x'?`` (or an empty string) for the closest valid hook name."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_names(
