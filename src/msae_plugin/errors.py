@@ -63,3 +63,22 @@ class QueryActivationError(InversionViewError):
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file holding pickled Python objects other than tensors and plain containers:
     loading it could run arbitrary code, so it is refused."""
+
+
+class CheckpointConfigError(CheckpointError, MSAEConfigError):
+    """A checkpoint whose ``cfg.json`` lacks a required field or holds one of the wrong type.
+
+    Both a :class:`CheckpointError` (the folder is bad) and an :class:`MSAEConfigError` (what
+    earlier releases raised for a ``cfg.json`` missing ``d_in``/``d_sae``), so either catches it.
+    """
+
+
+class CheckpointArchitectureError(CheckpointError, UnknownArchitectureError):
+    """A checkpoint whose ``cfg.json`` names an architecture no installed plugin registered.
+
+    Both a :class:`CheckpointError` and an :class:`UnknownArchitectureError` (earlier releases).
+    """
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be created or written (under a file, no permission)."""
