@@ -1,8 +1,13 @@
-"""``msae demo``: the project's main job on the embedded default model (msae-tiny-clip)."""
+"""``msae demo``: the project's main job on the embedded default model (msae-tiny-clip).
+
+Only argument parsing lives here; the demos themselves are in :mod:`msae_plugin.demo`.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from msae_plugin.commands._common import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "earlier demo on SAELens's synthetic hierarchical data instead.",
     )
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--tokens", type=int, default=None,
-                   help="training activations (vision demo; default 614,400)")
-    p.add_argument("--samples", type=int, default=None,
-                   help="training samples (synthetic demo; default 400k)")
+    p.add_argument("--tokens", type=positive_int, default=None,
+                   help="training activations (vision demo; default 614,400; at least one "
+                   "batch of 4096)")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="training samples (synthetic demo; default 400k; at least one batch of "
+                   "1024)")
     p.add_argument("--synthetic", action="store_true",
                    help="run the synthetic-data demo instead of the vision demo")
     p.add_argument("--seed", type=int, default=0)
@@ -26,25 +33,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from msae_plugin.commands._common import prepare_output_dir
+    from msae_plugin.errors import MSAEConfigError
+
     if args.synthetic:
-        from msae_plugin.demo import DemoConfig, run_demo
+        from msae_plugin.demo.synthetic import DemoConfig, run_demo
 
         cfg = DemoConfig(out_dir=args.out, seed=args.seed)
         if args.samples is not None:
             if args.samples < cfg.batch_size:
-                raise SystemExit(f"--samples must be at least the batch size ({cfg.batch_size}).")
+                raise MSAEConfigError(
+                    f"--samples {args.samples} is less than one training batch; pass at least "
+                    f"{cfg.batch_size}."
+                )
             cfg.training_samples = args.samples
+        prepare_output_dir(args.out)
         run_demo(cfg)
         return 0
 
-    from msae_plugin.vision_demo import VisionDemoConfig, run_vision_demo
+    from msae_plugin.demo.vision import VisionDemoConfig, run_vision_demo
 
     vcfg = VisionDemoConfig(out_dir=args.out, seed=args.seed)
     if args.tokens is not None:
         if args.tokens < vcfg.train_batch_size_tokens:
-            raise SystemExit(
-                f"--tokens must be at least the batch size ({vcfg.train_batch_size_tokens})."
+            raise MSAEConfigError(
+                f"--tokens {args.tokens} is less than one training batch; pass at least "
+                f"{vcfg.train_batch_size_tokens}."
             )
         vcfg.training_tokens = args.tokens
+    prepare_output_dir(args.out)
     run_vision_demo(vcfg)
     return 0
