@@ -82,3 +82,11 @@ class CheckpointArchitectureError(CheckpointError, UnknownArchitectureError):
 
 class OutputPathError(ValueError):
     """An output path that cannot be created or written (under a file, no permission)."""
+
+
+class DegenerateActivationsError(ValueError):
+    """Activations with (near-)zero spread, from which no input scale can be fitted."""
+
+
+class PluginSpecError(TypeError):
+    """A plugin's spec record that would register something broken (e.g. a name mismatch)."""
