@@ -21,9 +21,37 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 
-def _live(*points: HookPoint) -> bool:
-    """True when any of the hook points has a forward or backward hook attached."""
-    return any(p._forward_hooks or p._backward_hooks for p in points)
+def _live(*points: nn.Module) -> bool:
+    """True when any of the hook points has a forward or backward hook attached, or has been
+    *replaced* by another module.
+
+    SAELens splices an SAE by setting its wrapper module in place of the ``HookPoint`` (and the
+    wrapper has no hooks of its own), so "nothing attached" is only proof of an identity for a
+    plain ``HookPoint``; anything else must run, or the spliced SAE would silently be skipped.
+    """
+    return any(
+        not isinstance(p, HookPoint) or p._forward_hooks or p._backward_hooks for p in points
+    )
+
+
+def _spliced_sae(point: nn.Module) -> object | None:
+    """The SAE held by a SAELens splicing wrapper at a hook point (``None`` for a HookPoint)."""
+    if isinstance(point, HookPoint):
+        return None
+    return point.__dict__.get("_sae", getattr(point, "sae", None))
+
+
+def _run_head_hook(point: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Call a ``[batch, pos, head, d_head]`` hook point (q, k, v or z).
+
+    Hooks see the per-head tensor, as in TransformerLens. A spliced SAE reads heads flattened to
+    ``n_heads * d_head`` (SAELens's convention for ``hook_z``, which ``check_sae`` enforces for
+    q/k/v too), so the tensor is flattened for it and its output put back per head, unless the SAE
+    flattens by itself (SAELens's ``reshape_activations="hook_z"``)."""
+    sae = _spliced_sae(point)
+    if sae is None or getattr(sae, "hook_z_reshaping_mode", False):
+        return point(x)
+    return point(x.flatten(-2)).reshape(x.shape)
 
 
 class _Borrowing(nn.Module):
@@ -102,7 +130,7 @@ class HookedAttention(_Borrowing):
         b, n, d = x.shape
         qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
         q, k, v = (t.reshape(b, n, self.n_heads, self.d_head) for t in qkv.chunk(3, dim=-1))
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k, v = (_run_head_hook(h, t) for h, t in zip(qkvz[:3], (q, k, v), strict=True))
         if need_pattern:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
             if attn_mask is not None:
@@ -115,7 +143,7 @@ class HookedAttention(_Borrowing):
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
             ).transpose(1, 2)
-        z = self.hook_z(z)
+        z = _run_head_hook(self.hook_z, z)
         return F.linear(z.reshape(b, n, d), mha.out_proj.weight, mha.out_proj.bias)
 
     def _broadcast_mask(self, mask: torch.Tensor, batch: int) -> torch.Tensor:
