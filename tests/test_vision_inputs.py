@@ -8,7 +8,7 @@ import torch
 from open_clip.model import CLIP
 from PIL import Image
 
-from msae_plugin.errors import ImageInputError, TextInputError
+from msae_plugin.errors import ImageInputError, ModelInputError, TextInputError
 from msae_plugin.vision.hooked_clip import HookedOpenCLIP
 
 
@@ -71,3 +71,32 @@ def test_preprocess_converts_every_common_form(model: HookedOpenCLIP) -> None:
     assert torch.allclose(x[2], x[3])
     with pytest.raises(ImageInputError, match="empty image list"):
         model.preprocess([])
+
+
+@pytest.mark.parametrize("stop", [2, 10, -2, -10, 1.0, True])
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_stop_at_layer_out_of_range_is_refused(model: HookedOpenCLIP, tower: str, stop) -> None:
+    """The towers have 1 block each: valid values are -1, 0, 1 (and None). Python slicing would
+    clip anything else silently (10 ran every block, -10 none)."""
+    x = torch.rand(2, 3, 16, 16) if tower == "image" else torch.ones(2, 8, dtype=torch.long)
+    match = "stop_at_layer.*-1..1" if isinstance(stop, int) and not isinstance(stop, bool) else (
+        "stop_at_layer must be an int"
+    )
+    with pytest.raises(ModelInputError, match=match):
+        model(x, stop_at_layer=stop)
+    name = "blocks.0.hook_resid_pre" if tower == "image" else "text.blocks.0.hook_resid_pre"
+    with pytest.raises(ModelInputError, match=match):
+        model.run_with_cache(x, names_filter=[name], stop_at_layer=stop)
+    with pytest.raises(ModelInputError, match=match):
+        model.run_with_cache(x, stop_at_layer=stop)
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_stop_at_layer_in_range_counts_blocks(model: HookedOpenCLIP, tower: str) -> None:
+    """0 and -1 stop before the only block, 1 after it: compare with the cached residual stream."""
+    x = torch.rand(2, 3, 16, 16) if tower == "image" else torch.ones(2, 8, dtype=torch.long)
+    pre = "blocks.0.hook_resid_pre" if tower == "image" else "text.blocks.0.hook_resid_pre"
+    post = pre.replace("resid_pre", "resid_post")
+    _, cache = model.run_with_cache(x, names_filter=[pre, post])
+    for stop, name in ((0, pre), (-1, pre), (1, post)):
+        torch.testing.assert_close(model(x, stop_at_layer=stop), cache[name])

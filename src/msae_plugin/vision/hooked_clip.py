@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
-from msae_plugin.errors import UnknownHookError, UnsupportedModelError
+from msae_plugin.errors import ModelInputError, UnknownHookError, UnsupportedModelError
 from msae_plugin.vision.components import HookedBlock
 from msae_plugin.vision.hook_names import check_names, tower_of
 from msae_plugin.vision.images import check_images, preprocess
@@ -230,6 +230,7 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
             raise ValueError(
                 f"return_type must be 'embed', 'normalized' or None, got {return_type!r}"
             )
+        self.check_stop_at_layer(stop_at_layer, self.tower_for(input))
         with self._sae_token_masks(input):
             if self.tower_for(input) == "text":
                 if self.text is None:
@@ -299,11 +300,34 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
     def _n_layers(self) -> dict[str, int]:
         return {"image": self.cfg.n_layers, "text": self.cfg.text_n_layers or 0}
 
+    def check_stop_at_layer(self, stop_at_layer: Any, tower: str | None) -> None:
+        """Raise :class:`ModelInputError` unless ``stop_at_layer`` is ``None`` or an int in
+        ``-n_layers..n_layers`` of ``tower``.
+
+        Python slicing (``blocks[:L]``) would otherwise clip silently: ``10`` on a 4-block tower
+        ran every block and ``-10`` none, returning activations from a layer nobody asked for."""
+        if stop_at_layer is None or tower is None or (tower == "text" and self.text is None):
+            return  # (a missing text tower gets its own error when the tower runs)
+        n = self._n_layers()[tower]
+        what = f"the {tower} tower's {n} blocks"
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int):
+            raise ModelInputError(
+                f"stop_at_layer must be an int or None, got {type(stop_at_layer).__name__} "
+                f"{stop_at_layer!r}; pass an int in -{n}..{n} for {what}"
+            )
+        if not -n <= stop_at_layer <= n:
+            raise ModelInputError(
+                f"stop_at_layer={stop_at_layer} is out of range for {what}: use an int in "
+                f"-{n}..{n} (L runs blocks 0..L-1, negative values count from the end, {n} runs "
+                "every block and returns the last residual stream) or None for the whole tower"
+            )
+
     def _check_run_names(self, names: Any, model_args: tuple, model_kwargs: dict) -> None:
         if names is None or callable(names):
             return
         names = [names] if isinstance(names, str) else list(names)
         tower = self.tower_for(model_args[0]) if model_args else None
+        self.check_stop_at_layer(model_kwargs.get("stop_at_layer"), tower)
         check_names(
             names,
             self.hook_dict,
