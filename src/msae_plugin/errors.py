@@ -90,3 +90,7 @@ class DegenerateActivationsError(ValueError):
 
 class PluginSpecError(TypeError):
     """A plugin's spec record that would register something broken (e.g. a name mismatch)."""
+
+
+class DeviceUnavailableError(ValueError):
+    """A torch device name that is malformed or not available on this machine."""
