@@ -612,13 +612,13 @@ def test_config_file_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert loaded.cfg.ladder == (8, 16, 32, 64, 128)
     assert loaded.cfg.metadata.model_class_name == "TinyTestCLIP"
 
-    # errors are reported, not raised
-    assert main(["train", str(path), "--override", "hook_name=blocks.1.hook_resid_pots"]) == 1
-    printed = capsys.readouterr().out
+    # errors are reported on stderr (exit 2), not raised
+    assert main(["train", str(path), "--override", "hook_name=blocks.1.hook_resid_pots"]) == 2
+    printed = capsys.readouterr().err
     assert "error: unknown hook name 'blocks.1.hook_resid_pots'" in printed
     assert "Did you mean 'blocks.1.hook_resid_post'?" in printed
-    assert main(["train", str(path), "--override", "learning_rate=1"]) == 1
-    assert "unknown config field 'learning_rate'" in capsys.readouterr().out
+    assert main(["train", str(path), "--override", "learning_rate=1"]) == 2
+    assert "unknown config field 'learning_rate'" in capsys.readouterr().err
 
 
 def test_example_config_parses() -> None:
@@ -728,14 +728,14 @@ def test_cli_interrupt_prints_resume_command_and_resumes(
     assert len(ckpts) == 1 and 0 < int(ckpts[0].name) < BATCH * 100
     assert f"interrupted; checkpoint saved to {ckpts[0]}" in printed
     assert f"resume with: msae train {path} --resume {ckpts[0]}" in printed
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / SAE_CFG_FILENAME).exists()  # created up front, still empty
 
     # the same stream without the signal: the run finishes from the checkpoint
-    from sae_lens.training.sae_trainer import SAETrainer
+    from msae_plugin.vision.training_checkpoints import VisionSAETrainer
 
     loaded_from: list[str] = []
-    orig_load = SAETrainer.load_trainer_state
-    monkeypatch.setattr(SAETrainer, "load_trainer_state",
+    orig_load = VisionSAETrainer.load_trainer_state
+    monkeypatch.setattr(VisionSAETrainer, "load_trainer_state",
                         lambda self, p: (loaded_from.append(str(p)), orig_load(self, p))[1])
     assert main(["train", str(path), "--resume", str(ckpts[0]),
                  "--override", "dataset_path=msae-digits"]) == 0

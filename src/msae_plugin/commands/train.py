@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         metavar="CHECKPOINT_DIR",
+        nargs="?",
+        const="auto",
         default=None,
-        help="resume an interrupted run from one of its checkpoint folders",
+        help="resume an interrupted or killed run: alone, from the newest complete checkpoint "
+        "under the config's checkpoint_path (a fresh start when there is none yet); with a "
+        "folder, from that checkpoint or the newest complete one inside it",
     )
     p.set_defaults(func=run)
 
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from msae_plugin.errors import (
         CheckpointError,
         ModelInputError,
+        MSAEConfigError,
         NonFiniteActivationsError,
         SAEModelMismatchError,
         UnknownArchitectureError,
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         ActivationCacheError,
         CheckpointError,
         ModelInputError,
+        MSAEConfigError,
         NonFiniteActivationsError,
         SAEModelMismatchError,
         UnknownArchitectureError,
@@ -81,12 +88,13 @@ def run(args: argparse.Namespace) -> int:
         if where is not None:
             print(f"interrupted; checkpoint saved to {where}")
             print(f"resume with: msae train {args.config} --resume {where}")
+            print("(or --resume alone: the newest complete checkpoint under checkpoint_path)")
         else:
             print("interrupted (no checkpoint: checkpoint_path is null or training had not begun)")
         return 130
     except expected as exc:
-        print(f"error: {exc}")
-        return 1
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     if cfg.output_path is not None:
         print(f"saved SAE ({sae.cfg.architecture()}, d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) "

@@ -23,17 +23,12 @@ from typing import Any
 
 import torch
 from sae_lens import logger
-from sae_lens.constants import (
-    RUNNER_CFG_FILENAME,
-    SAE_WEIGHTS_FILENAME,
-    SPARSITY_FILENAME,
-    TRAINER_STATE_FILENAME,
-)
+from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
-from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
+from msae_plugin.atomic_io import remove_temporaries
 from msae_plugin.errors import SAEModelMismatchError
 from msae_plugin.vision.activation_cache import ActivationCache, cache_key
 from msae_plugin.vision.activations import (
@@ -49,9 +44,17 @@ from msae_plugin.vision.config_files import (
 )
 from msae_plugin.vision.evaluation import VisionSAEEvaluator
 from msae_plugin.vision.token_selection import TokenSelection
+from msae_plugin.vision.training_checkpoints import (
+    VisionSAETrainer,
+    find_latest_checkpoint,
+    resolve_resume_checkpoint,
+    validate_training_checkpoint,
+)
 from msae_plugin.vision.training_config import (
     VisionSAERunnerConfig,
+    check_devices,
     default_cached_activations_path,
+    prepare_output_paths,
     resolve_model_class,
 )
 
@@ -60,13 +63,16 @@ __all__ = [
     "VisionConfigError",
     "VisionSAEEvaluator",
     "VisionSAERunnerConfig",
+    "VisionSAETrainer",
     "VisionSAETrainingRunner",
     "apply_overrides",
     "build_sae_config",
     "check_config_for_model",
     "default_cached_activations_path",
+    "find_latest_checkpoint",
     "load_config_dict",
     "resolve_model_class",
+    "validate_training_checkpoint",
 ]
 
 #: MSAE input statistics (mean, scale) are fitted on at most this many tokens
@@ -120,7 +126,12 @@ class VisionSAETrainingRunner:
         override_model: a ready hooked model instead of loading ``cfg.model_name``.
         override_images: images (a folder, a dataset name, an ``ImageSource`` or an iterable)
             instead of ``cfg.dataset_path``.
-        resume_from_checkpoint: a checkpoint folder of an earlier run of this config.
+        resume_from_checkpoint: resume an earlier run of this config: a checkpoint folder, a
+            folder of checkpoints (the newest complete one in it is used) or ``"auto"`` (the
+            newest complete one under ``cfg.checkpoint_path``; the run starts afresh when there
+            is none yet).
+
+    Output and checkpoint folders are created (and checked) here, before any work starts.
     """
 
     def __init__(
@@ -136,6 +147,15 @@ class VisionSAETrainingRunner:
         self.cfg = cfg
         if resume_from_checkpoint is not None:
             cfg.resume_from_checkpoint = str(resume_from_checkpoint)
+        check_devices(cfg)
+        prepare_output_paths(cfg)
+        if cfg.resume_from_checkpoint is not None:
+            found = resolve_resume_checkpoint(cfg.resume_from_checkpoint, cfg.checkpoint_path)
+            if found is None:
+                logger.warning(
+                    f"no complete checkpoint under {cfg.resume_from_checkpoint} yet: starting afresh"
+                )
+            cfg.resume_from_checkpoint = None if found is None else str(found)
         if override_model is not None:
             logger.warning(
                 f"You just passed in a model which will override the one specified in your "
@@ -201,7 +221,7 @@ class VisionSAETrainingRunner:
                 f"~{cfg.training_tokens / tpi:.0f} training images"
             )
             logger.info(f"Total training steps: {cfg.total_training_steps}")
-        self.trainer: SAETrainer[Any, Any] | None = None
+        self.trainer: VisionSAETrainer | None = None
         self.interrupted_checkpoint: Path | None = None
         self._eval_cache: tuple[torch.Tensor, bool] | None = None
 
@@ -222,12 +242,7 @@ class VisionSAETrainingRunner:
         )
 
     def _check_resume_checkpoint(self, path: Path) -> None:
-        for name in (SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"cannot resume from {path}: {name} is missing (pass a checkpoint folder "
-                    "written by a training run, e.g. checkpoints/<id>/<n_tokens>)"
-                )
+        """Refuse a checkpoint of another run (model, hook, tokens, SAE shape)."""
         runner_cfg = path / RUNNER_CFG_FILENAME
         if runner_cfg.is_file():
             old = json.loads(runner_cfg.read_text())
@@ -263,7 +278,9 @@ class VisionSAETrainingRunner:
                 id=cfg.logger.wandb_id,
             )
         data_provider = _InterruptibleProvider(self.provider)
-        trainer = SAETrainer(
+        if cfg.checkpoint_path is not None:
+            remove_temporaries(cfg.checkpoint_path)  # left by a killed checkpoint write
+        trainer = VisionSAETrainer(
             cfg=cfg.to_sae_trainer_config(),
             sae=self.sae,
             data_provider=data_provider,
@@ -302,7 +319,7 @@ class VisionSAETrainingRunner:
         fit(sample)
 
     def _fit_with_interruption_handling(
-        self, trainer: SAETrainer[Any, Any], data_provider: _InterruptibleProvider
+        self, trainer: VisionSAETrainer, data_provider: _InterruptibleProvider
     ) -> TrainingSAE[Any]:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {}
@@ -324,7 +341,8 @@ class VisionSAETrainingRunner:
                 signal.signal(sig, handler)
 
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
-        """SAETrainer's ``save_checkpoint_fn``: provider state + runner config."""
+        """SAETrainer's ``save_checkpoint_fn``: provider state + runner config (into the
+        temporary folder :class:`VisionSAETrainer` renames into place when complete)."""
         if checkpoint_path is None:
             return
         self.provider.save_to_checkpoint(checkpoint_path)
