@@ -100,3 +100,89 @@ def test_stop_at_layer_in_range_counts_blocks(model: HookedOpenCLIP, tower: str)
     _, cache = model.run_with_cache(x, names_filter=[pre, post])
     for stop, name in ((0, pre), (-1, pre), (1, post)):
         torch.testing.assert_close(model(x, stop_at_layer=stop), cache[name])
+
+
+# ---------------------------------------------------------------------- preprocess shape rules
+def _normalised(model: HookedOpenCLIP, rgb01: torch.Tensor) -> torch.Tensor:
+    """Independent reference: [3, H, W] pixels in [0, 1] normalised with the model's mean/std."""
+    mean, std = model.image_mean_std
+    return (rgb01 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_preprocess_reads_a_grey_batch(model: HookedOpenCLIP, as_numpy: bool) -> None:
+    """[B, H, W] with B not in (1, 3, 4) is a batch of grey images (it used to fail with
+    'got 2 channels', after check_images had advised preprocess)."""
+    grey = np.random.default_rng(1).integers(0, 256, (2, 16, 16), dtype=np.uint8)
+    x = model.preprocess(grey if as_numpy else torch.from_numpy(grey))
+    assert x.shape == (2, 3, 16, 16)
+    for i in range(2):
+        ref = torch.from_numpy(grey[i]).float().div(255).expand(3, -1, -1)
+        torch.testing.assert_close(x[i], _normalised(model, ref))
+    model(x)
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_preprocess_reads_channels_last(model: HookedOpenCLIP, as_numpy: bool) -> None:
+    """[B, H, W, 3] and [H, W, 3] (tensor or array) are channels-last RGB (the batch used to be
+    read as 16 channels)."""
+    rgb = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    wrap = (lambda a: a) if as_numpy else torch.from_numpy
+    batch = model.preprocess(wrap(rgb))
+    single = model.preprocess(wrap(rgb[1]))
+    assert batch.shape == (2, 3, 16, 16) and single.shape == (1, 3, 16, 16)
+    for i in range(2):
+        ref = torch.from_numpy(rgb[i].transpose(2, 0, 1).copy()).float() / 255
+        torch.testing.assert_close(batch[i], _normalised(model, ref))
+    torch.testing.assert_close(single[0], batch[1])
+
+
+def test_preprocess_three_by_h_by_w_is_one_rgb_image(model: HookedOpenCLIP) -> None:
+    """The documented reading of [3, H, W]: one RGB image (torchvision's), not three grey ones;
+    three grey images are written [3, 1, H, W]."""
+    t = torch.rand(3, 16, 16)
+    one = model.preprocess(t)
+    assert one.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(one[0], _normalised(model, t))
+    three = model.preprocess(t[:, None])
+    assert three.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(three[2], _normalised(model, t[2].expand(3, -1, -1)))
+
+
+def test_preprocess_resizes_each_image_like_pil(model: HookedOpenCLIP) -> None:
+    """Images of different sizes in a list are each resized to 16x16; the reference is PIL's
+    bilinear resize of each image separately (within PIL's uint8 rounding)."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((24, 20, 3), (8, 12, 3))]
+    x = model.preprocess(arrays)
+    _, std = model.image_mean_std
+    for i, a in enumerate(arrays):
+        small = np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)).copy()
+        ref = _normalised(model, torch.from_numpy(small).permute(2, 0, 1).float() / 255)
+        assert ((x[i] - ref).abs() * torch.tensor(std).view(3, 1, 1)).max() <= 1.01 / 255
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.rand(2, 5, 16, 16), r"channel axis of the image batch.*accepted: a PIL"),
+        (torch.rand(1, 2, 3, 16, 16), r"cannot read images of shape \(1, 2, 3, 16, 16\)"),
+        (torch.rand(16), r"cannot read images of shape \(16,\)"),
+        ([torch.rand(2, 16, 16)], r"image 0 of the list has shape \(2, 16, 16\)"),
+        (np.full((16, 16), 300, dtype=np.int32), r"must lie in 0\.\.255"),
+        (torch.full((16, 16), -1, dtype=torch.int64), r"must lie in 0\.\.255"),
+        (torch.full((3, 16, 16), float("inf")), "NaN or inf"),
+        (np.array([["a", "b"], ["c", "d"]]), "cannot be read as pixels"),
+        (torch.zeros(3, 16, 0), "has no pixels"),
+        (torch.zeros(0, 3, 16, 16), "empty image list"),
+        ("image.png", "cannot preprocess an image of type str"),
+    ],
+)
+def test_preprocess_refuses_what_it_cannot_read(model: HookedOpenCLIP, bad, match: str) -> None:
+    with pytest.raises(ImageInputError, match=match):
+        model.preprocess(bad)
+
+
+def test_channels_last_model_input_names_the_fix(model: HookedOpenCLIP) -> None:
+    with pytest.raises(ImageInputError, match=r"channels-last.*permute\(0, 3, 1, 2\)"):
+        model(torch.rand(2, 16, 16, 3))

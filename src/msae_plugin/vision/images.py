@@ -46,6 +46,11 @@ def check_images(images: Any, image_size: tuple[int, int]) -> None:
             f"and normalised with the model's mean/std first; {_FIX}"
         )
     channels = images.shape[1]
+    if channels != 3 and images.shape[-1] in (1, 3, 4):
+        raise ImageInputError(
+            f"images of shape {tuple(images.shape)} look channels-last [batch, H, W, C]; the "
+            f"vision tower takes [batch, 3, H, W]: {_FIX} (or images.permute(0, 3, 1, 2))"
+        )
     if channels != 3:
         what = "grey-scale" if channels == 1 else f"{channels}-channel"
         raise ImageInputError(
@@ -62,31 +67,129 @@ def check_images(images: Any, image_size: tuple[int, int]) -> None:
         raise ImageInputError("images contain NaN or inf values; check the data pipeline")
 
 
-def _to_tensor(img: Any) -> torch.Tensor:
-    """One image (PIL, numpy HW/HWC, tensor HW/CHW/HWC) as a float CHW tensor in [0, 1]."""
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: 2 is never a channel count (it is a batch of 2)
+ACCEPTED = (
+    "accepted: a PIL image; a tensor or numpy array [H, W] (one grey image), [C, H, W] or "
+    "[H, W, C] with C = 1, 3 or 4 (one image), [B, H, W] (a batch of grey images), "
+    "[B, C, H, W] or [B, H, W, C]; or a list/tuple of single images"
+)
+
+
+def _channel_axis(shape: Sequence[int], numpy_layout: bool) -> int | None:
+    """The channel axis of one image's 3-D shape: 0 (CHW), 2 (HWC) or None (no channel axis).
+
+    An axis is a channel axis when its size is 1, 3 or 4. When both ends qualify (an image 1, 3
+    or 4 pixels high/wide) the container's convention decides, as in torchvision: numpy arrays
+    (and PIL) are channels-last, torch tensors channels-first."""
+    first, last = shape[0] in _CHANNELS, shape[-1] in _CHANNELS
+    if first and last:
+        return 2 if numpy_layout else 0
+    if first:
+        return 0
+    if last:
+        return 2
+    return None
+
+
+def _as_tensor(img: Any) -> tuple[torch.Tensor, bool]:
+    """``(tensor, numpy_layout)`` for a PIL image, numpy array or tensor (pixels not yet scaled).
+
+    Integer numpy arrays are range-checked and cast to uint8 here, because torch supports few
+    operations on numpy's other unsigned types."""
     if hasattr(img, "convert") and hasattr(img, "size"):  # PIL image
         img = np.asarray(img.convert("RGB"))
-    if isinstance(img, np.ndarray):
-        t = torch.from_numpy(np.array(img, copy=True))
-        if t.dim() == 3 and t.shape[-1] in (1, 3, 4):  # HWC
-            t = t.permute(2, 0, 1)
-    elif isinstance(img, torch.Tensor):
-        t = img
-    else:
-        raise ImageInputError(f"cannot preprocess an image of type {type(img).__name__}")
+    if isinstance(img, torch.Tensor):
+        return img.detach(), False
+    if not isinstance(img, np.ndarray):
+        raise ImageInputError(f"cannot preprocess an image of type {type(img).__name__}; {ACCEPTED}")
+    kind = img.dtype.kind
+    if kind == "b":
+        img = img.astype(np.float32)
+    elif kind in "iu":
+        if img.size and (img.min() < 0 or img.max() > 255):
+            raise ImageInputError(_INT_RANGE.format(dtype=img.dtype))
+        img = img.astype(np.uint8)
+    elif kind != "f":
+        raise ImageInputError(
+            f"images of numpy dtype {img.dtype} cannot be read as pixels; pass uint8 values in "
+            "0..255 or floats in [0, 1]"
+        )
+    return torch.from_numpy(np.array(img, copy=True)), True
+
+
+_INT_RANGE = (
+    "integer pixels ({dtype}) must lie in 0..255 (8-bit); convert other ranges (e.g. 16-bit "
+    "images) to floats in [0, 1] first"
+)
+
+
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    """Pixels as float32 in [0, 1]: integers (any width) are 8-bit values, divided by 255."""
+    if t.dtype == torch.bool:
+        return t.float()
+    if t.is_complex():
+        raise ImageInputError(f"images of dtype {t.dtype} are not pixels; pass real values")
+    if not t.is_floating_point():
+        t = t.to(torch.int64)
+        if t.numel() and (t.min() < 0 or t.max() > 255):
+            raise ImageInputError(_INT_RANGE.format(dtype=t.dtype))
+        return t.float() / 255.0
+    t = t.float()
+    if not torch.isfinite(t).all():
+        raise ImageInputError(
+            "images contain NaN or inf values (or values too large for float32); check the data "
+            "pipeline"
+        )
+    return t
+
+
+def _to_chw(t: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """One 2-D or 3-D image (channel axis ``axis``) as a float ``[3, H, W]`` tensor in [0, 1]."""
     if t.dim() == 2:
         t = t.unsqueeze(0)
-    if t.dim() != 3:
-        raise ImageInputError(f"an image must be 2-D or 3-D, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.float() / (255.0 if t.max() > 1 else 1.0)
+    elif axis == 2:
+        t = t.permute(2, 0, 1)
+    if t.shape[-2] == 0 or t.shape[-1] == 0:
+        raise ImageInputError(f"an image has no pixels (shape {tuple(t.shape)})")
+    t = _to_float(t)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
-    elif t.shape[0] == 4:
-        t = t[:3]
-    elif t.shape[0] != 3:
-        raise ImageInputError(f"an image must have 1, 3 or 4 channels, got {t.shape[0]}")
-    return t.float()
+    return t[:3]  # drops alpha
+
+
+def _images(images: Any) -> list[tuple[torch.Tensor, int | None]]:
+    """Split the input into single images ``(2-D or 3-D tensor, channel axis)`` by the rules of
+    :func:`preprocess`."""
+    if isinstance(images, (list, tuple)):
+        out = []
+        for i, img in enumerate(images):
+            t, numpy_layout = _as_tensor(img)
+            axis = _channel_axis(t.shape, numpy_layout) if t.dim() == 3 else None
+            if t.dim() not in (2, 3) or (t.dim() == 3 and axis is None):
+                raise ImageInputError(
+                    f"image {i} of the list has shape {tuple(t.shape)}: a list holds single "
+                    f"images [H, W], [C, H, W] or [H, W, C] with C = 1, 3 or 4 (pass a batch as "
+                    f"one array, not inside a list); {ACCEPTED}"
+                )
+            out.append((t, axis))
+        return out
+    t, numpy_layout = _as_tensor(images)
+    if t.dim() == 2:
+        return [(t, None)]
+    if t.dim() == 3:
+        axis = _channel_axis(t.shape, numpy_layout)
+        if axis is not None:  # one image (so [3, H, W] is one RGB image, as in torchvision)
+            return [(t, axis)]
+        return [(g, None) for g in t]  # [B, H, W]: a batch of grey images
+    if t.dim() == 4:
+        axis = _channel_axis(t.shape[1:], numpy_layout)
+        if axis is None:
+            raise ImageInputError(
+                f"cannot find the channel axis of the image batch of shape {tuple(t.shape)}: "
+                f"axis 1 or the last axis must have size 1, 3 or 4; {ACCEPTED}"
+            )
+        return [(img, axis) for img in t]
+    raise ImageInputError(f"cannot read images of shape {tuple(t.shape)}; {ACCEPTED}")
 
 
 def preprocess(
@@ -97,22 +200,29 @@ def preprocess(
 ) -> torch.Tensor:
     """Images in any common form -> normalised float ``[batch, 3, H, W]`` at ``image_size``.
 
-    Grey-scale is repeated to RGB, alpha is dropped, integer pixels are scaled from [0, 255],
-    and each image is resized (bilinear, antialiased) to the model's size.
+    How shapes are read (tensors and numpy arrays alike):
+
+    * 2-D ``[H, W]``: one grey image.
+    * 3-D: one image if its first or last axis has size 1, 3 or 4 (the channel axis:
+      ``[C, H, W]`` or ``[H, W, C]``), otherwise a batch of grey images ``[B, H, W]``. So
+      ``[3, H, W]`` is one RGB image (as in torchvision), and ``[2, H, W]`` two grey images; to
+      pass a batch of three grey images write ``[3, 1, H, W]`` or a list.
+    * 4-D: a batch, ``[B, C, H, W]`` or ``[B, H, W, C]`` (C = 1, 3 or 4).
+    * a list or tuple: one image per element (PIL, 2-D or 3-D), of any sizes.
+
+    When both ends of a 3-D image could be the channel axis (an image at most 4 pixels high or
+    wide), numpy arrays are read channels-last and tensors channels-first (torchvision's
+    convention). Grey-scale is repeated to RGB, alpha is dropped, integer pixels are 8-bit
+    values scaled from 0..255 (other ranges are refused), floats are taken as [0, 1], and each
+    image is resized (bilinear, antialiased) to the model's size. Anything else raises
+    :class:`ImageInputError` listing the accepted forms.
     """
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        batch = list(images)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        batch = list(images)
-    elif isinstance(images, (list, tuple)):
-        batch = list(images)
-    else:
-        batch = [images]
+    batch = _images(images)
     if not batch:
-        raise ImageInputError("empty image list: pass at least one image")
+        raise ImageInputError("empty image list (or batch): pass at least one image")
     out = []
-    for img in batch:
-        t = _to_tensor(img)
+    for t, axis in batch:
+        t = _to_chw(t, axis)
         if tuple(t.shape[-2:]) != tuple(image_size):
             t = F.interpolate(
                 t[None], size=tuple(image_size), mode="bilinear", align_corners=False,
@@ -120,6 +230,6 @@ def preprocess(
             )[0]
         out.append(t)
     x = torch.stack(out)
-    m = torch.tensor(list(mean), dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(list(std), dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
