@@ -3,12 +3,18 @@
 Every check runs in a *fresh* ``python`` subprocess so that the ``msae_plugin_autoload.pth``
 hook is exercised exactly as a user meets it (``from sae_lens import SAE`` and nothing else).
 
-* ``tests/example_plugin`` (``msae-example-plugin``) is pip-installed into the running venv and
-  left there (re-installing is idempotent). It adds the ``example_relu`` architecture.
+Nothing is installed into the environment running the tests (a test asserts it):
+
+* a throw-away virtual environment is created in a temporary folder. Its site-packages holds one
+  ``.pth`` line, ``import site; site.addsitedir(<this environment's site-packages>)``, so torch,
+  SAELens and msae-plugin are shared instead of re-installed, and the ``.pth`` files there
+  (``msae_plugin_autoload.pth``, the editable install) run exactly as in a real environment;
+* ``tests/example_plugin`` (``msae-example-plugin``, adds the ``example_relu`` architecture) is
+  pip-installed into that throw-away environment, offline (``--no-index``) and built with the
+  hatchling of the test extras (``--no-build-isolation``: nothing is fetched at test time);
 * ``tests/broken_plugin`` (``msae-broken-plugin``: one raising hook, one unimportable module) is
-  pip-installed with ``--target`` into a temporary folder and put on ``PYTHONPATH`` of the one
-  subprocess that needs it, so it never lands in the shared venv where it would spray warnings
-  into other sessions' test runs; the folder is removed at teardown.
+  installed with ``--target`` into a second temporary folder and put on ``PYTHONPATH`` of the one
+  subprocess that needs it.
 
 ``import sae_lens`` costs ~13 s of CPU on the reference machine, so the checks that need it are
 batched into three subprocesses (two of them run concurrently) instead of one per assertion.
@@ -16,12 +22,12 @@ batched into three subprocesses (two of them run concurrently) instead of one pe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -30,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 EXAMPLE_DIR = HERE / "example_plugin"
 BROKEN_DIR = HERE / "broken_plugin"
 MARK = "RESULT-JSON:"
+PYTHON: dict[str, Path] = {}  # "exe": the throw-away environment's interpreter (set by `plugins`)
 TIMEOUT = 240  # one subprocess; import sae_lens alone is ~13 s on a quiet 2-core machine
 
 
@@ -42,30 +49,51 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _pip(*args: str, check: bool = True) -> bool:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and check:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.returncode == 0
+def _site_dirs() -> list[str]:
+    """The site-packages folder(s) of the environment running the tests."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
 
 
-def _build_flags() -> list[str]:
-    """Build in the venv when hatchling is there (installed once if missing): fast, no downloads.
+def _snapshot_main_env() -> dict[str, list[str]]:
+    """What an install into the running environment would change: its site-packages and bin."""
+    dirs = [*_site_dirs(), str(Path(sys.executable).parent)]
+    return {d: sorted(os.listdir(d)) for d in dirs}
 
-    If hatchling cannot be installed, fall back to pip's isolated build environment.
-    """
-    if importlib.util.find_spec("hatchling") is None:
-        _pip("install", "hatchling>=1.25", check=False)
-        importlib.invalidate_caches()
-    return ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    if proc.returncode != 0:
+        pytest.fail(f"{what}: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def _throwaway_env(root: Path) -> Path:
+    """A venv in ``root`` that sees (but never writes to) the running environment; its python."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(root)], "creating the throw-away venv")
+    python = root / "bin" / "python"
+    site_dir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, env=_env(),
+    ).stdout.strip()
+    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in _site_dirs())
+    (Path(site_dir) / "_share_test_env.pth").write_text(lines)
+    return python
+
+
+def _pip_install(python: Path, *args: str) -> None:
+    """Offline install with the given interpreter: no index, no build isolation, no deps."""
+    _run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+         "--no-index", "--no-build-isolation", "--ignore-installed", *args],
+        "installing a test plugin (hatchling comes from the [test] extras)",
+    )
 
 
 class Fresh:
     """A ``python -c CODE`` subprocess started now and awaited on first use."""
 
     def __init__(self, code: str, env: dict[str, str] | None = None, *args: str) -> None:
-        self.cmd = [sys.executable, "-W", "default", "-c", code, *args]
+        self.cmd = [str(PYTHON["exe"]), "-W", "default", "-c", code, *args]
         self.proc = subprocess.Popen(
             self.cmd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -120,6 +148,8 @@ out = {{}}
 sae_cls, cfg_cls = get_sae_class("example_relu")
 tsae_cls, tcfg_cls = get_sae_training_class("example_relu")
 out["example"] = [qual(c) for c in (sae_cls, cfg_cls, tsae_cls, tcfg_cls)]
+out["example_file"] = sys.modules["msae_example_plugin.plugin"].__file__
+out["prefix"] = sys.prefix
 out["msae"] = ["msae" in SAE_CLASS_REGISTRY, "msae" in SAE_TRAINING_CLASS_REGISTRY]
 out["builtins"] = sorted(n for n in ("standard", "topk", "jumprelu") if n in SAE_CLASS_REGISTRY)
 
@@ -185,13 +215,17 @@ sys.exit(main(["plugins"]))
 
 @pytest.fixture(scope="module")
 def plugins(tmp_path_factory):
-    """Install msae-example-plugin into the venv; msae-broken-plugin into a throw-away folder."""
-    flags = _build_flags()
-    _pip("install", "--no-deps", "--force-reinstall", *flags, str(EXAMPLE_DIR))
-    broken_site = tmp_path_factory.mktemp("broken_site")
-    _pip("install", "--no-deps", *flags, "--target", str(broken_site), str(BROKEN_DIR))
-    yield {"broken_site": broken_site}
-    shutil.rmtree(broken_site, ignore_errors=True)
+    """msae-example-plugin into a throw-away venv, msae-broken-plugin into a --target folder."""
+    before = _snapshot_main_env()
+    root = tmp_path_factory.mktemp("plugin_env")
+    python = _throwaway_env(root / "venv")
+    _pip_install(python, str(EXAMPLE_DIR))
+    broken_site = root / "broken_site"
+    _pip_install(python, "--target", str(broken_site), str(BROKEN_DIR))
+    PYTHON["exe"] = python
+    yield {"broken_site": broken_site, "python": python, "main_env_before": before}
+    PYTHON.pop("exe", None)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +291,14 @@ def test_autoload_registers_third_party_architecture(runs):
     assert prov["architecture:msae"] == ["msae", "msae-plugin"]
 
 
+def test_discovery_used_the_throwaway_environment(plugins, runs):
+    """The plugin found by entry-point discovery is the copy installed in the throw-away venv."""
+    res = runs["autoload"].result()
+    venv = plugins["python"].parent.parent.resolve()
+    assert Path(res["prefix"]).resolve() == venv
+    assert Path(res["example_file"]).resolve().is_relative_to(venv), res["example_file"]
+
+
 def test_pretrained_directory_still_loads_after_hook(runs):
     assert runs["autoload"].result()["n_pretrained"] > 100
 
@@ -315,3 +357,14 @@ def test_training_sae_saves_and_loads_in_fresh_process(runs):
     assert listing[("training_architecture", "example_relu")] == "msae-example-plugin"
     assert listing[("architecture", "msae")] == "msae-plugin", load.stdout
     assert "broken" not in load.stdout + load.stderr
+
+
+def test_main_environment_is_left_untouched(plugins, runs):
+    """Last in the file: after every install and fresh interpreter, the environment running the
+    tests has exactly the files it had before (no plugin, no build backend, no script)."""
+    runs["autoload"].wait()
+    runs["disabled"].wait()
+    assert _snapshot_main_env() == plugins["main_env_before"]
+    for d in _site_dirs():
+        leaked = [n for n in os.listdir(d) if n.startswith(("msae_example", "msae_broken"))]
+        assert not leaked, f"{leaked} in {d}: remove with `pip uninstall msae-example-plugin`"
