@@ -212,9 +212,9 @@ def test_result_shapes_top_markdown_json_and_heatmap(tmp_path) -> None:
 def test_bad_inputs_raise_clear_errors() -> None:
     model = HookedOpenCLIP(tiny_clip())
     images, labels, classifier = data(n=4)
-    with pytest.raises(ValueError, match=r"layer 3 is out of range.*3 blocks \(layers 0\.\.2\)"):
+    with pytest.raises(ModelInputError, match=r"layer 3 is out of range.*3 blocks \(layers 0\.\.2\)"):
         head_ablation_scan(model, images, labels, classifier, layers=[3], progress=False)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ModelInputError, match="out of range"):
         head_ablation_scan(model, images, labels, classifier, layers=[-1], progress=False)
     with pytest.raises(ValueError, match="empty image batch"):
         head_ablation_scan(model, images[:0], labels[:0], classifier, progress=False)
@@ -224,14 +224,22 @@ def test_bad_inputs_raise_clear_errors() -> None:
         head_ablation_scan(model, images, labels + 5, classifier, progress=False)
     with pytest.raises(ModelInputError, match="width 7"):
         head_ablation_scan(model, images, labels, classifier[:, :7], progress=False)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ModelInputError, match="mode must be one of"):
         head_ablation_scan(model, images, labels, classifier, mode="resample", progress=False)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ModelInputError, match="batch_size"):
         head_ablation_scan(model, images, labels, classifier, batch_size=0, progress=False)
-    with pytest.raises(ValueError, match="layers is empty"):
+    with pytest.raises(ModelInputError, match="layers is empty"):
         head_ablation_scan(model, images, labels, classifier, layers=[], progress=False)
-    with pytest.raises(ValueError, match="top|by must be"):
-        head_ablation_scan(model, images, labels, classifier, progress=False).top(3, by="x")
+    res = head_ablation_scan(model, images, labels, classifier, layers=[0], progress=False)
+    with pytest.raises(ModelInputError, match="by must be 'loss' or 'acc'"):
+        res.top(3, by="x")
+    for n in (-2, 0, 1.5, True):  # -2 used to give an empty list (and an empty CLI table)
+        with pytest.raises(ModelInputError, match=f"must be a positive integer, got {n!r}"):
+            res.top(n)
+        with pytest.raises(ModelInputError, match="positive integer"):
+            res.to_markdown(top=n)
+    with pytest.raises(ModelInputError, match="batch_size"):
+        head_ablation_scan(model, images, labels, classifier, batch_size=True, progress=False)
 
 
 def _random_embedded(device="cpu", **_):
@@ -260,8 +268,8 @@ def test_cli_ablate_heads_writes_table_json_and_heatmap(tmp_path, capsys, monkey
     assert payload["layers"] == [0, 3] and payload["delta_loss"][1] == [None] * n_heads
     assert f"Top {min(10, 2 * n_heads)} heads" in capsys.readouterr().out
     assert main(["ablate-heads", "--layers", "9", "--n-images", "2", "--out", str(out),
-                 "--no-progress"]) == 1
-    assert "layer 9 is out of range" in capsys.readouterr().out
+                 "--no-progress"]) == 2
+    assert "error: layer 9 is out of range" in capsys.readouterr().err
 
 
 def _embedded_available() -> bool:
@@ -291,3 +299,44 @@ def test_scan_on_the_trained_embedded_model() -> None:
     loss, acc = loss_acc(zero_head_copy(clip, layer, head), normalize(scenes.images),
                          scenes.labels, classifier)
     assert abs(res.delta_loss[layer, head] - (loss - res.baseline_loss)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top", "-2"], "argument --top: must be at least 1, got -2"),
+        (["--top", "0"], "argument --top: must be at least 1, got 0"),
+        (["--n-images", "0"], "argument --n-images: must be at least 1, got 0"),
+        (["--batch-size", "-1"], "argument --batch-size: must be at least 1, got -1"),
+        (["--layers", "-1"], "argument --layers: must be 0 or more, got -1"),
+        (["--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+        (["--top", "ten"], "argument --top: expected a whole number, got 'ten'"),
+    ],
+)
+def test_cli_bad_numbers_are_usage_errors(args, message, capsys) -> None:
+    """Refused by argparse (usage line, exit 2) before any model is loaded."""
+    from msae_plugin.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ablate-heads", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_output_under_a_file_fails_before_work(tmp_path, capsys, monkeypatch) -> None:
+    import msae_plugin.vision.hooked_clip as hc
+    from msae_plugin.cli import main
+
+    def no_model(*a, **k):  # the model must not even be loaded
+        raise AssertionError("model loaded before the output folder was checked")
+
+    monkeypatch.setattr(hc.HookedOpenCLIP, "from_pretrained", no_model)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["ablate-heads", "--out", str(blocker / "heads"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'heads'} cannot be created: {blocker} is a file" in err
+    assert main(["ablate-heads", "--out", str(blocker), "--no-progress"]) == 2
+    assert f"--out {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main(["ablate-heads", "--device", "nonsense", "--out", str(tmp_path / "o")]) == 2
+    assert "--device 'nonsense' is not a torch device name" in capsys.readouterr().err

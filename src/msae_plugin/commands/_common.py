@@ -69,3 +69,38 @@ def prepare_output_dir(path: str | Path, option: str = "--out") -> Path:
             "write to, or fix its permissions."
         ) from exc
     return out
+
+
+def resolve_device(name: str | None, option: str = "--device") -> str:
+    """The torch device to use: ``name`` checked to parse and to exist here, or the default
+    (``cuda`` when available, else ``cpu``). Checked before a model is loaded, because torch's
+    own errors for a bad device surface deep inside ``Module.to``."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    from msae_plugin.errors import DeviceUnavailableError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceUnavailableError(
+            f"{option} {name!r} is not a torch device name ({exc}). Use e.g. cpu, cuda or "
+            "cuda:0."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"{option} {name!r}: CUDA is not available on this machine (no GPU or driver). "
+                "Use --device cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"{option} {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(
+            f"{option} {name!r}: MPS is not available on this machine. Use --device cpu."
+        )
+    return name

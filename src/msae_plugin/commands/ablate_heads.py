@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from msae_plugin.commands._common import non_negative_int, positive_int
 from msae_plugin.vision.loading import EMBEDDED_MODELS
 
 
@@ -22,48 +23,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "OpenCLIP name such as ViT-B-32")
     p.add_argument("--pretrained", default=None,
                    help="OpenCLIP pretrained tag or checkpoint path (not for the embedded model)")
-    p.add_argument("--n-images", type=int, default=500, help="number of scenes (default 500)")
+    p.add_argument("--n-images", type=positive_int, default=500,
+                   help="number of scenes (default 500)")
     p.add_argument("--mode", choices=("zero", "mean"), default="zero",
                    help="zero the head's output, or replace it by its per-position mean")
     p.add_argument("--out", default="head_ablation", help="output folder (default head_ablation)")
-    p.add_argument("--layers", type=int, nargs="+", default=None,
+    p.add_argument("--layers", type=non_negative_int, nargs="+", default=None,
                    help="blocks to scan (default: all)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250,
+                   help="images per forward pass (default 250)")
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="digit split the scenes are drawn from (default: held-out test)")
-    p.add_argument("--seed", type=int, default=0, help="scene seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="scene seed (≥ 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--top", type=int, default=10, help="heads listed in the top table")
+    p.add_argument("--top", type=positive_int, default=10,
+                   help="heads listed in the top table (default 10)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
+    """Errors a user can fix raise the project's exception classes; ``msae_plugin.cli.main``
+    prints them as ``error: ...`` on stderr with exit status 2. Everything that can be checked
+    cheaply (numbers in argparse, the output folder here) is checked before the model loads."""
+    from msae_plugin.commands._common import prepare_output_dir, resolve_device
     from msae_plugin.embedded.dataset import make_digit_scenes, normalize
     from msae_plugin.embedded.zero_shot import build_zero_shot_classifier
-    from msae_plugin.errors import ModelInputError, UnsupportedModelError
+    from msae_plugin.errors import UnsupportedModelError
     from msae_plugin.vision.head_ablation import head_ablation_scan
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
-    from msae_plugin.vision.loading import PretrainedUnavailableError
 
-    if args.n_images < 1:
-        print(f"error: --n-images must be at least 1, got {args.n_images}")
-        return 1
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = HookedOpenCLIP.from_pretrained(args.model, pretrained=args.pretrained,
-                                               device=device)
-    except (FileNotFoundError, PretrainedUnavailableError, UnsupportedModelError) as exc:
-        print(f"error: {exc}")
-        return 1
+    out = prepare_output_dir(args.out)
+    device = resolve_device(args.device)
+    model = HookedOpenCLIP.from_pretrained(args.model, pretrained=args.pretrained, device=device)
     if model.text is None:
-        print(f"error: {args.model} has no usable text tower for a zero-shot classifier: "
-              f"{model.text_unsupported_reason}")
-        return 1
+        raise UnsupportedModelError(
+            f"{args.model} has no usable text tower for a zero-shot classifier "
+            f"({model.text_unsupported_reason}); ablate-heads needs one. Pick a CLIP model with "
+            "a standard text tower."
+        )
 
     scenes = make_digit_scenes(args.n_images, split=args.split, seed=args.seed)
     if args.model in EMBEDDED_MODELS:
@@ -71,21 +69,15 @@ def run(args: argparse.Namespace) -> int:
     else:  # resize to the model's input size, normalise with its mean/std
         images = model.preprocess(scenes.images)
     classifier = build_zero_shot_classifier(model.clip, model.tokenizer)
-    try:
-        res = head_ablation_scan(
-            model, images, scenes.labels, classifier, mode=args.mode, layers=args.layers,
-            batch_size=args.batch_size, progress=not args.no_progress,
-        )
-    except (ValueError, ModelInputError) as exc:
-        print(f"error: {exc}")
-        return 1
+    res = head_ablation_scan(
+        model, images, scenes.labels, classifier, mode=args.mode, layers=args.layers,
+        batch_size=args.batch_size, progress=not args.no_progress,
+    )
     res.extra.update({"split": args.split, "seed": args.seed, "device": device,
                       "pretrained": args.pretrained})
 
-    out = Path(args.out)
     stem = f"heads_{args.mode}"
     md = res.to_markdown(top=args.top)
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(md)
     res.to_json(out / f"{stem}.json")
     res.plot_heatmap(out / f"{stem}.png")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from msae_plugin.commands._common import positive_int
+from msae_plugin.commands._common import non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "1024)")
     p.add_argument("--synthetic", action="store_true",
                    help="run the synthetic-data demo instead of the vision demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (≥ 0)")
     p.set_defaults(func=run)
 
 

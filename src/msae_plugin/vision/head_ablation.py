@@ -84,7 +84,11 @@ class HeadAblationResult:
         """The ``n`` most important heads: largest loss increase (``by="loss"``) or largest
         accuracy drop (``by="acc"``); ties broken by the other measure, then by position."""
         if by not in ("loss", "acc"):
-            raise ValueError(f"by must be 'loss' or 'acc', got {by!r}")
+            raise ModelInputError(f"by must be 'loss' or 'acc', got {by!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ModelInputError(
+                f"n (the number of heads to list) must be a positive integer, got {n!r}"
+            )
         scores = [
             HeadScore(layer, h, float(self.delta_loss[layer, h]), float(self.delta_acc[layer, h]))
             for layer in self.layers
@@ -94,7 +98,7 @@ class HeadAblationResult:
             scores.sort(key=lambda s: (-s.delta_loss, s.delta_acc, s.layer, s.head))
         else:
             scores.sort(key=lambda s: (s.delta_acc, -s.delta_loss, s.layer, s.head))
-        return scores[: max(n, 0)]
+        return scores[:n]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -253,9 +257,9 @@ def _check_inputs(
     batch_size: int,
 ) -> tuple[torch.Tensor, list[int]]:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ModelInputError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ModelInputError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_images(images, model.cfg.image_size)  # empty batch, dtype, channels, size, NaN
     labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point():
@@ -291,16 +295,16 @@ def _check_inputs(
         chosen = []
         for layer in layers:
             if isinstance(layer, bool) or not isinstance(layer, int):
-                raise ValueError(f"layers must be integers, got {layer!r}")
+                raise ModelInputError(f"layers must be integers, got {layer!r}")
             if not 0 <= layer < n_layers:
-                raise ValueError(
+                raise ModelInputError(
                     f"layer {layer} is out of range: the image tower has {n_layers} blocks "
                     f"(layers 0..{n_layers - 1})"
                 )
             chosen.append(layer)
         chosen = sorted(set(chosen))
         if not chosen:
-            raise ValueError("layers is empty: pass None to scan every layer")
+            raise ModelInputError("layers is empty: pass None to scan every layer")
     return labels.long(), chosen
 
 
