@@ -27,12 +27,24 @@ import torch
 import torch.nn.functional as F
 
 
-def topk_relu(hidden_pre: torch.Tensor, k: int) -> torch.Tensor:
-    """TopK-ReLU: keep the k largest pre-activations (by signed value), ReLU them, zero the rest."""
+def topk_relu(
+    hidden_pre: torch.Tensor, k: int, rank_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """TopK-ReLU: keep the k largest pre-activations (by signed value), ReLU them, zero the rest.
+
+    With ``rank_scale`` (d_sae,) the k latents are chosen by ``hidden_pre * rank_scale`` (the
+    MSAE passes decoder row norms, so latents are ranked by their contribution to the
+    reconstruction); the kept values are still the unscaled pre-activations.
+    """
     d_sae = hidden_pre.shape[-1]
     if k >= d_sae:
         return F.relu(hidden_pre)
-    vals, idx = hidden_pre.topk(k, dim=-1, sorted=False)
+    if rank_scale is None:
+        vals, idx = hidden_pre.topk(k, dim=-1, sorted=False)
+    else:
+        with torch.no_grad():
+            idx = (hidden_pre * rank_scale).topk(k, dim=-1, sorted=False).indices
+        vals = hidden_pre.gather(-1, idx)
     return torch.zeros_like(hidden_pre).scatter(-1, idx, F.relu(vals))
 
 
