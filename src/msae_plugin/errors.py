@@ -94,3 +94,7 @@ class PluginSpecError(TypeError):
 
 class DeviceUnavailableError(ValueError):
     """A torch device name that is malformed or not available on this machine."""
+
+
+class FoldNotSupportedError(MSAEConfigError, NotImplementedError):
+    """A weight fold that cannot be exact for this SAE (a ``NotImplementedError`` like SAELens's)."""
