@@ -44,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     from msae_plugin.errors import (
         CheckpointError,
+        DeviceUnavailableError,
         ModelInputError,
         MSAEConfigError,
         NonFiniteActivationsError,
+        OutputPathError,
         SAEModelMismatchError,
         UnknownArchitectureError,
         UnknownHookError,
@@ -69,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         ImageSourceExhaustedError,
         ActivationCacheError,
         CheckpointError,
+        DeviceUnavailableError,
         ModelInputError,
         MSAEConfigError,
         NonFiniteActivationsError,
+        OutputPathError,
         SAEModelMismatchError,
         UnknownArchitectureError,
         UnknownHookError,

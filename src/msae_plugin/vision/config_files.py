@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 from sae_lens.saes.sae import TrainingSAEConfig
 
@@ -52,10 +56,130 @@ def build_sae_config(sae_dict: Any, get_training_class: Any) -> TrainingSAEConfi
             "(model.activation_width(hook_name), e.g. d_model for hook_resid_post) and d_sae the "
             "number of latents"
         )
+    sae_dict = {**sae_dict, **check_field_types(cfg_class, sae_dict, "sae.")}
     try:
         return cfg_class.from_dict(sae_dict)
-    except TypeError as exc:
-        raise VisionConfigError(f"bad sae config for {arch!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # MSAEConfigError (ladder, weighting...) included
+        raise VisionConfigError(f"bad sae config for {arch!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- field types
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"the string {value!r}"
+        return f"the string {value!r} (a number in quotes: write it without the quotes)"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (integral floats become ints).
+
+    Raises ``_Mismatch(expected)``. Annotations it does not know (classes, torch types) pass.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        expected = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                expected.append("null")
+                continue
+            try:
+                return _coerce(value, arg, name)
+            except _Mismatch as exc:
+                expected.append(exc.expected)
+        raise _Mismatch(" or ".join(expected))
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if value not in options:
+            raise _Mismatch("one of " + ", ".join(repr(o) for o in options))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Mismatch("a whole number")
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise _Mismatch("a whole number")
+            return int(value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Mismatch("a number")
+        if not math.isfinite(value):
+            raise _Mismatch("a finite number")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (bool, int, float, list, dict)):
+            raise _Mismatch("a string")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch("an object (mapping)")
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch("a list")
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if len(args) == 1:
+            return type(value)(_coerce(v, args[0], name) for v in value)
+        return value
+    return value
+
+
+class _Mismatch(Exception):
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def check_field_types(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Check ``values`` against the field annotations of the dataclass ``cls``.
+
+    Returns the values to use (integral floats such as ``2e6`` from JSON become ints); raises
+    :class:`VisionConfigError` naming the field, what it needs and what it got. Strings are never
+    turned into numbers: ``"96"`` in a config is almost always a mistake worth a word.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check against
+        return dict(values)
+    out = dict(values)
+    for key, value in values.items():
+        if key not in hints:
+            continue
+        try:
+            out[key] = _coerce(value, hints[key], key)
+        except _Mismatch as exc:
+            raise VisionConfigError(
+                f"{prefix}{key} must be {exc.expected}, got {_describe(value)}. Fix it in the "
+                f"config file or with --override {prefix}{key}=<value>."
+            ) from None
+    return out
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, reading ``3e-4`` as a number (YAML 1.2) rather than a string."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 def load_config_dict(path: str | Path) -> dict[str, Any]:
@@ -72,7 +196,17 @@ def load_config_dict(path: str | Path) -> dict[str, Any]:
                 f"{path} is YAML but PyYAML is not installed: `pip install pyyaml`, or write "
                 "the config as JSON"
             ) from None
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            hint = (
+                " YAML does not allow tab characters for indentation: indent with spaces."
+                if "\t" in text
+                else ""
+            )
+            raise VisionConfigError(
+                f"{path} is not valid YAML: {' '.join(str(exc).split())}.{hint}"
+            ) from None
     else:
         try:
             data = json.loads(text)

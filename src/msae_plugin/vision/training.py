@@ -29,11 +29,9 @@ from sae_lens.training._interruption import InterruptedException
 from safetensors.torch import save_file
 
 from msae_plugin.atomic_io import remove_temporaries
-from msae_plugin.errors import SAEModelMismatchError
 from msae_plugin.vision.activation_cache import ActivationCache, cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
-    check_image_hook,
     to_torch_dtype,
 )
 from msae_plugin.vision.config_files import (
@@ -43,7 +41,11 @@ from msae_plugin.vision.config_files import (
     load_config_dict,
 )
 from msae_plugin.vision.evaluation import VisionSAEEvaluator
-from msae_plugin.vision.token_selection import TokenSelection
+from msae_plugin.vision.run_checks import (
+    check_config_for_model,
+    check_devices,
+    prepare_output_paths,
+)
 from msae_plugin.vision.training_checkpoints import (
     VisionSAETrainer,
     find_latest_checkpoint,
@@ -52,9 +54,7 @@ from msae_plugin.vision.training_checkpoints import (
 )
 from msae_plugin.vision.training_config import (
     VisionSAERunnerConfig,
-    check_devices,
     default_cached_activations_path,
-    prepare_output_paths,
     resolve_model_class,
 )
 
@@ -77,22 +77,6 @@ __all__ = [
 
 #: MSAE input statistics (mean, scale) are fitted on at most this many tokens
 MAX_STATS_TOKENS = 1 << 17
-
-
-def check_config_for_model(cfg: VisionSAERunnerConfig, model: Any) -> int:
-    """Raise unless the config fits ``model`` (hook, width, tokens); return the hook width."""
-    width = check_image_hook(model, cfg.hook_name)
-    if int(cfg.sae.d_in) != width:
-        raise SAEModelMismatchError(
-            f"sae.d_in={cfg.sae.d_in} does not match the activation width {width} at "
-            f"{cfg.hook_name!r} of {cfg.model_name!r} (d_model={model.cfg.d_model}, "
-            f"d_mlp={model.cfg.d_mlp}). Set sae.d_in to {width} (e.g. --override "
-            f"sae.d_in={width}) and pick d_sae accordingly."
-        )
-    TokenSelection.parse(cfg.token_selection).validate(
-        int(model.cfg.n_ctx), int(model.cfg.n_prefix_tokens)
-    )
-    return width
 
 
 class _InterruptibleProvider:

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from msae_plugin.atomic_io import atomic_directory, is_temporary, remove_temporaries
-from msae_plugin.errors import CheckpointError
+from msae_plugin.errors import CheckpointError, UnsafeCheckpointError
 from msae_plugin.vision.activations import PROVIDER_STATE_FILENAME
 
 #: every file a complete vision training checkpoint holds
@@ -82,7 +82,7 @@ def load_trainer_state(path: str | Path, device: str | torch.device = "cpu") -> 
     try:
         state = torch.load(file, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"refusing to load {file}: it holds Python objects other than tensors and plain "
             f"data, which could run code when unpickled ({str(exc).splitlines()[0]}). Only "
             "resume from checkpoints you wrote yourself with `msae train`; delete this one."

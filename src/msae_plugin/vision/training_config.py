@@ -24,6 +24,7 @@ from msae_plugin.vision.config_files import (
     VisionConfigError,
     apply_overrides,
     build_sae_config,
+    check_field_types,
     load_config_dict,
     suggest,
 )
@@ -140,17 +141,9 @@ class VisionSAERunnerConfig:
                 f"sae must be a SAELens training-SAE config (e.g. StandardTrainingSAEConfig, "
                 f"MSAETrainingSAEConfig), got {type(self.sae).__name__}"
             )
+        self._check_types()
         self.token_selection = str(TokenSelection.parse(self.token_selection))
-        for name in (
-            "training_tokens",
-            "train_batch_size_tokens",
-            "store_batch_size_images",
-            "n_batches_in_buffer",
-            "n_eval_batches",
-            "n_batches_for_norm_estimate",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise VisionConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_ranges()
         if self.training_tokens < self.train_batch_size_tokens:
             raise VisionConfigError(
                 f"training_tokens={self.training_tokens} is less than one batch "
@@ -186,6 +179,55 @@ class VisionSAERunnerConfig:
         if self.checkpoint_path is not None:
             unique_id = self.logger.wandb_id or uuid.uuid4().hex[:8]
             self.checkpoint_path = f"{self.checkpoint_path}/{unique_id}"
+
+    def _check_types(self) -> None:
+        """Every field (and every sae field) has the type its annotation says: ``"lots"`` for
+        ``training_tokens`` or ``8192.5`` for an int would otherwise fail deep inside training."""
+        mine = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sae",)}
+        mine.pop("logger")
+        for key, value in check_field_types(type(self), mine).items():
+            setattr(self, key, value)
+        if isinstance(self.logger, LoggingConfig):
+            log = {f.name: getattr(self.logger, f.name) for f in fields(self.logger)}
+            for key, value in check_field_types(LoggingConfig, log, "logger.").items():
+                setattr(self.logger, key, value)
+        sae = {f.name: getattr(self.sae, f.name) for f in fields(self.sae) if f.name != "metadata"}
+        for key, value in check_field_types(type(self.sae), sae, "sae.").items():
+            if value is not sae[key]:
+                setattr(self.sae, key, value)
+
+    def _check_ranges(self) -> None:
+        """Values of the right type but outside what training can use."""
+        for name in (
+            "training_tokens",
+            "train_batch_size_tokens",
+            "store_batch_size_images",
+            "n_batches_in_buffer",
+            "n_eval_batches",
+            "n_batches_for_norm_estimate",
+            "n_restart_cycles",
+            "dead_feature_window",
+            "feature_sampling_window",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise VisionConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_warm_up_steps", "lr_decay_steps", "n_checkpoints"):
+            if int(getattr(self, name)) < 0:
+                raise VisionConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise VisionConfigError(
+                f"lr must be a positive learning rate, got {self.lr!r} (e.g. lr: 3.0e-4)"
+            )
+        if self.lr_end is not None and not self.lr_end >= 0:
+            raise VisionConfigError(f"lr_end must be >= 0 (or null for lr / 10), got {self.lr_end}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise VisionConfigError(
+                    f"{name} must be in [0, 1), got {getattr(self, name)} (defaults: 0.9, 0.999)"
+                )
+        for name in ("d_in", "d_sae"):
+            if int(getattr(self.sae, name)) < 1:
+                raise VisionConfigError(f"sae.{name} must be >= 1, got {getattr(self.sae, name)}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -279,6 +321,7 @@ class VisionSAERunnerConfig:
                     raise VisionConfigError(
                         f"unknown logger field {key!r}.{suggest(key, logger_known)}"
                     )
+            logger_cfg = check_field_types(LoggingConfig, logger_cfg, "logger.")
             logger_cfg = LoggingConfig(**{"log_to_wandb": False, **logger_cfg})
         out = cls(**{**cfg_dict, "sae": sae_cfg, "logger": logger_cfg})
         if "checkpoint_path" in cfg_dict:
@@ -292,74 +335,3 @@ class VisionSAERunnerConfig:
         """Load a JSON (or, with PyYAML installed, YAML) config, applying ``key=value``
         overrides (dotted keys reach into ``sae.`` and ``logger.``)."""
         return cls.from_dict(apply_overrides(load_config_dict(path), overrides or []))
-
-
-
-def check_devices(cfg: VisionSAERunnerConfig) -> None:
-    """Refuse a ``device`` / ``model_device`` this machine does not have, before any work."""
-    import torch
-
-    for name in ("device", "model_device"):
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        try:
-            dev = torch.device(value)
-        except (RuntimeError, TypeError) as exc:
-            raise VisionConfigError(
-                f"{name}={value!r} is not a torch device ({exc}); use 'cpu', 'cuda', 'cuda:0' "
-                "or 'mps'"
-            ) from None
-        if dev.type == "cuda":
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if n == 0:
-                raise VisionConfigError(
-                    f"{name}={value!r} but no CUDA GPU is available here (torch "
-                    f"{torch.__version__}). Set {name}: cpu (e.g. --override {name}=cpu) or "
-                    "install a CUDA build of torch."
-                )
-            if dev.index is not None and dev.index >= n:
-                raise VisionConfigError(
-                    f"{name}={value!r} but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})"
-                    f"; set {name} to one of them"
-                )
-        elif dev.type == "mps" and not torch.backends.mps.is_available():
-            raise VisionConfigError(
-                f"{name}={value!r} but MPS is not available here; set {name}: cpu "
-                f"(e.g. --override {name}=cpu)"
-            )
-
-
-def prepare_output_paths(cfg: VisionSAERunnerConfig) -> None:
-    """Create ``output_path``, ``checkpoint_path`` (and the activation cache folder) now.
-
-    A path that cannot be a folder (a file on the way, no permission) is reported before
-    training instead of losing the run at its end.
-    """
-    import os
-
-    paths = {"output_path": cfg.output_path, "checkpoint_path": cfg.checkpoint_path}
-    if cfg.use_cached_activations:
-        paths["cached_activations_path"] = cfg.cached_activations_path
-    for name, value in paths.items():
-        if value is None:
-            continue
-        path = Path(value)
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise VisionConfigError(
-                f"{name}={value!r} cannot be a folder: {str(blocker)!r} is a file. Choose "
-                f"another {name} (e.g. --override {name}=runs/{path.name or 'out'})."
-            )
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise VisionConfigError(
-                f"cannot create {name}={value!r} ({exc.strerror or exc}). Choose a folder you "
-                f"can write to (e.g. --override {name}=runs/{path.name or 'out'})."
-            ) from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise VisionConfigError(
-                f"{name}={value!r} is not writable. Choose a folder you can write to "
-                f"(e.g. --override {name}=runs/{path.name or 'out'})."
-            )
