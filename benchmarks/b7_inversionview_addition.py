@@ -47,7 +47,11 @@ def main() -> None:
 
     from msae_plugin.inversionview import addition as A
     from msae_plugin.inversionview import addition_decoder as AD
-    from msae_plugin.inversionview.preimage import activations_at, paired_min_distances
+    from msae_plugin.inversionview.preimage import (
+        activations_at,
+        match_positions,
+        paired_min_distances,
+    )
     from msae_plugin.inversionview.releases import load_release
     from msae_plugin.inversionview.sampling import DEFAULT_PLAN, batch_precision, sample_preimage
 
@@ -79,7 +83,9 @@ def main() -> None:
                 plan_hits.append(d <= EPS)
             # baseline: random task inputs scored against the same queries
             q = activations_at(probed, rep, site)[:, pos]
-            dist = paired_min_distances(activations_at(probed, rand, site), q, rand != A.PAD)
+            # PAD and EOS never match, as for the decoded samples (the paper's rule)
+            dist = paired_min_distances(activations_at(probed, rand, site), q,
+                                        match_positions(rand, A.PAD, A.EOS))
             per["random"] = float((dist <= EPS).float().mean())
             r["by_position"][A.VOCAB[int(queries[0, pos])] if pos in (4, 8) else
                              f"A{pos - 8}"] = per

@@ -57,10 +57,11 @@ def test_text_tower_distances_match_a_full_forward(setup) -> None:
         _, cache = model.run_with_cache(queries, names_filter=[SITE])  # whole text tower
         _, s_cache = model.run_with_cache(samples, names_filter=[SITE])
     assert torch.allclose(q, cache[SITE][torch.arange(8), 2], atol=1e-5)
-    pad = model.tokenizer.pad_id
+    pad, eot = model.tokenizer.pad_id, model.tokenizer.eot_token_id
     for i in range(8):
         d = (s_cache[SITE][i] - q[i]).norm(dim=-1) / q[i].norm()
-        assert dist[i].item() == pytest.approx(d[samples[i] != pad].min().item(), abs=1e-4)
+        match = (samples[i] != pad) & (samples[i] != eot)  # the paper skips PAD and EOS
+        assert dist[i].item() == pytest.approx(d[match].min().item(), abs=1e-4)
     # sampling + verification also runs end to end on the tower, sorted by distance
     scored = sample_preimage(dec, model, [SITE], SITE, q[0], n=8)
     assert [c.distance for c in scored] == sorted(c.distance for c in scored)

@@ -4,6 +4,7 @@ trained InversionView decoder (docs/inversionview.md)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,70 +46,127 @@ def _fail(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Report the project's known errors as one ``error:`` line (exit 2), whichever CLI
+    entry point calls this."""
+    from msae_plugin.errors import CheckpointError, InversionViewError, ModelInputError
+
+    try:
+        return _run(args)
+    except (InversionViewError, CheckpointError, ModelInputError, ValueError,
+            FileNotFoundError) as exc:
+        return _fail(str(exc))
+
+
+def prepare_output(path: Path) -> None:
+    """Make sure ``--html`` can be written *before* any sampling: create its folder, and refuse
+    a path that is a folder or lies under a file (otherwise the page would fail to save after
+    all the work)."""
+    from msae_plugin.errors import InversionViewError
+
+    if path.is_dir():
+        raise InversionViewError(
+            f"--html {path} is a folder; give a file name, e.g. --html {path / 'view.html'}"
+        )
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InversionViewError(
+            f"cannot write --html {path}: {blocker} is a file, not a folder; choose a path in "
+            "a folder (it is created when missing)"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InversionViewError(
+            f"cannot create the folder for --html {path} ({exc.strerror}); choose a path you "
+            "can write to"
+        ) from exc
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InversionViewError(
+            f"cannot write --html {path}: permission denied; choose a path you can write to"
+        )
+
+
+def load_activation(path: Path):
+    """A raw query activation from a torch file, loaded tensors-only (a crafted pickle cannot
+    run code) and checked to be one finite, non-zero vector."""
     import torch
 
+    from msae_plugin.errors import QueryActivationError
+    from msae_plugin.inversionview.checkpoint import load_torch_file
+    from msae_plugin.inversionview.preimage import check_query
+
+    if not path.is_file():
+        raise QueryActivationError(f"--activation {path} does not exist or is not a file")
+    query = load_torch_file(path, "load --activation",
+                            "Save the activation vector with torch.save(vector, path)")
+    if not torch.is_tensor(query) or query.dim() != 1:
+        raise QueryActivationError(
+            f"--activation {path} must hold one 1-D activation vector (torch.save(acts[0, pos], "
+            "path)), got "
+            + (f"shape {tuple(query.shape)}" if torch.is_tensor(query) else type(query).__name__)
+        )
+    return check_query(query.float())
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from msae_plugin.errors import InversionViewError
     from msae_plugin.inversionview.preimage import activations_at, check_epsilon
     from msae_plugin.inversionview.releases import load_release
     from msae_plugin.inversionview.sampling import sample_preimage, token_contrast
     from msae_plugin.inversionview.views import render_html, render_table
+    from msae_plugin.names import suggest
 
-    try:
-        check_epsilon(args.epsilon)
-        if args.n < 1:
-            raise ValueError(f"--n must be ≥ 1, got {args.n}")
-        rel = load_release(args.release, args.decoder_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+    # cheap checks first: nothing is loaded or sampled for a request that cannot succeed
+    check_epsilon(args.epsilon)
+    if args.n < 1:
+        raise InversionViewError(f"--n must be ≥ 1, got {args.n}")
+    if not args.list_sites and (args.input is None) == (args.activation is None):
+        raise InversionViewError("give exactly one of INPUT or --activation")
+    if args.html is not None:
+        prepare_output(args.html)
+    rel = load_release(args.release, args.decoder_dir)
     if args.list_sites:
         print("\n".join(rel.sites))
         return 0
     if args.site not in rel.sites:
-        import difflib
-
-        near = difflib.get_close_matches(args.site, rel.sites, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        return _fail(f"the decoder was not trained on site {args.site!r}.{hint} "
-                     "Its sites: --list-sites")
-    if (args.input is None) == (args.activation is None):
-        return _fail("give exactly one of INPUT or --activation")
+        raise InversionViewError(
+            f"the decoder was not trained on site {args.site!r}.{suggest(args.site, rel.sites)} "
+            "Its sites: --list-sites"
+        )
+    position: int | None
     if args.activation is not None:
-        try:
-            query = torch.load(args.activation, weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable files
-            return _fail(f"cannot read {args.activation} as a torch tensor file ({exc})")
-        if not torch.is_tensor(query) or query.dim() != 1:
-            return _fail(f"{args.activation} must hold one 1-D activation vector")
+        query = load_activation(args.activation)
         query_tokens: list[int] = []
         baseline = None
-        position = -1
+        position = None  # a raw vector has no position (and -1 would read as "the last one")
         query_text = f"raw activation from {args.activation}"
     else:
         if not args.input.strip():
-            return _fail("the input is empty; give e.g. '123+456=579'")
-        try:
-            query_tokens = rel.encode(args.input)
-        except ValueError as exc:
-            return _fail(str(exc))
+            raise InversionViewError("the input is empty; give e.g. '123+456=579'")
+        query_tokens = rel.encode(args.input)
         n_ctx = rel.decoder.cfg.n_ctx
         if len(query_tokens) > n_ctx:
-            return _fail(f"the input has {len(query_tokens)} tokens; the decoder handles at "
-                         f"most n_ctx={n_ctx}")
+            raise InversionViewError(
+                f"the input has {len(query_tokens)} tokens; the decoder handles at most "
+                f"n_ctx={n_ctx}"
+            )
+        real = [t for t in query_tokens if t != rel.decoder.cfg.pad_id]
         position = args.position
         if position is None:
-            position = 8 if args.release == "addition" else len(query_tokens) - 1
-        real = [t for t in query_tokens if t != rel.decoder.cfg.pad_id]
+            position = len(real) - 1 if rel.default_position is None else rel.default_position
         if not 0 <= position < len(real):
-            return _fail(f"--position {position} is outside the input (0..{len(real) - 1})")
+            raise InversionViewError(
+                f"--position {position} is outside the input (0..{len(real) - 1})")
+        _warn_untrained_position(position, rel.positions)
         acts = activations_at(rel.probed, torch.tensor([query_tokens]), args.site)
         query = acts[0, position]
         baseline = acts[0, 0]  # BOS: the same site with no input information
         query_tokens = real
         query_text = rel.decode(real)
-    try:
-        scored = sample_preimage(rel.decoder, rel.probed, rel.sites, args.site,
-                                 query.float(), n=args.n, epsilon=args.epsilon, seed=args.seed)
-    except ValueError as exc:
-        return _fail(str(exc))
+    scored = sample_preimage(rel.decoder, rel.probed, rel.sites, args.site, query.float(),
+                             n=args.n, epsilon=args.epsilon, seed=args.seed)
     print(f"site {args.site}")
     print(render_table(scored, rel.decode, query_text, position, args.epsilon, args.limit))
     if args.html is not None:
@@ -119,7 +177,22 @@ def run(args: argparse.Namespace) -> int:
         page = render_html(scored, rel.decode, query_tokens, position, args.site, args.epsilon,
                            title=f"InversionView: {query_text} @ {args.site}",
                            contrast=contrast)
-        args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(page)
         print(f"wrote {args.html}")
     return 0
+
+
+def _warn_untrained_position(position: int, trained: tuple[int, ...] | None) -> None:
+    """A decoder trained only on some query positions reads others out of distribution: its
+    samples then rarely land in the preimage, and 0 % would wrongly suggest the activation is
+    unreadable. Say so on stderr (the run goes on: the user may want to see it)."""
+    if trained is None or position in trained:
+        return
+    print(
+        f"msae inversionview: warning: this decoder was trained only on queries at positions "
+        f"{list(trained)}; position {position} was never a training query, so expect few or "
+        "no samples inside the ε-preimage (that says nothing about the activation). Query one "
+        "of those positions, or use a decoder trained on every position (e.g. "
+        "scripts/train_addition_decoder.py --all-positions).",
+        file=sys.stderr,
+    )

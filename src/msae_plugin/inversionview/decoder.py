@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msae_plugin.errors import QueryActivationError
+
 KV = tuple[torch.Tensor, torch.Tensor]  # one block's cached keys/values [b, heads, 1 + t, d_head]
 
 
@@ -219,6 +221,11 @@ class InversionViewDecoder(nn.Module):
         (the paper's query perturbation)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not bool(torch.isfinite(act).all()):  # would surface as torch.multinomial's error
+            raise QueryActivationError(
+                "an activation to sample from contains NaN or inf; check where it came from "
+                "(torch.isfinite(act).all() must hold)"
+            )
         max_len = min(max_len or self.cfg.n_ctx, self.cfg.n_ctx)
         if noise:
             eps = torch.randn(act.shape, generator=generator, device=act.device, dtype=act.dtype)

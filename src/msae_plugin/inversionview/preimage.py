@@ -4,6 +4,13 @@
 For a query activation ``q`` taken at hook ``h`` of a probed model, a candidate input ``x`` is in
 the ε-preimage when some position ``p`` of ``x`` gives ``‖a_h(x)_p − q‖ / ‖q‖ ≤ ε`` (the paper's
 normalised Euclidean distance, minimised over the candidate's positions; ε = 0.1 by default).
+As in the paper's code, padding and EOS positions never count as the match (BOS does): the
+decoder is trained on queries at ordinary positions, and an EOS activation matching would say
+nothing about the tokens the query encodes.
+
+The distance divides by ``‖q‖``, so it is undefined for an all-zero query; such a query (and a
+NaN/inf one) is refused with a :class:`~msae_plugin.errors.QueryActivationError` instead of
+returning distances of ~1e12 or sampling from NaN probabilities.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from msae_plugin.errors import QueryActivationError
+from msae_plugin.names import suggest
 
 DEFAULT_EPSILON = 0.1
 
@@ -56,8 +66,6 @@ def split_site(model, site: str) -> tuple[str, int | None]:
                 "the probed model first (TransformerLens only fills attn.hook_result then)"
             )
         return base, head
-    from msae_plugin.vision.hook_names import suggest
-
     raise ValueError(f"the probed model has no hook {site!r}.{suggest(site, model.hook_dict)}")
 
 
@@ -98,16 +106,51 @@ def activations_at(
     return torch.cat(out)
 
 
+def check_query(query: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """Return ``query`` if it is one finite, non-zero activation vector (of ``width`` when
+    given); raise a :class:`QueryActivationError` that says what to do otherwise."""
+    if not torch.is_tensor(query) or query.dim() != 1:
+        shape = tuple(query.shape) if torch.is_tensor(query) else type(query).__name__
+        raise QueryActivationError(
+            f"the query must be one 1-D activation vector, got {shape}; take a single "
+            "position's activation, e.g. acts[0, position]"
+        )
+    if width is not None and query.shape[0] != width:
+        raise QueryActivationError(
+            f"query width {query.shape[0]} does not match the activation width {width}: the "
+            "query must come from the same site of the same probed model"
+        )
+    check_queries(query[None], "the query")
+    return query
+
+
+def check_queries(queries: torch.Tensor, what: str = "a query") -> None:
+    """Refuse NaN/inf entries and all-zero rows of ``queries`` (``[n, d]``): NaN would reach
+    the decoder's sampler as NaN probabilities, and a zero query has no normalised distance."""
+    bad = ~torch.isfinite(queries).all(dim=-1)
+    if bool(bad.any()):
+        where = "" if len(queries) == 1 else f" (row {int(bad.nonzero()[0])})"
+        raise QueryActivationError(
+            f"{what}{where} contains NaN or inf, so no input can be compared with it; check "
+            "the probed model and the saved activation (e.g. torch.isfinite(q).all())"
+        )
+    zero = queries.norm(dim=-1) == 0
+    if bool(zero.any()):
+        where = "" if len(queries) == 1 else f" (row {int(zero.nonzero()[0])})"
+        raise QueryActivationError(
+            f"{what}{where} is all zeros: InversionView's distance ‖a − q‖ / ‖q‖ divides by the "
+            "query's norm and is undefined for q = 0; query another site or position (one "
+            "whose activation is not identically zero)"
+        )
+
+
 def min_distances(
     acts: torch.Tensor, query: torch.Tensor, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(distance, position)`` per candidate: ``min_p ‖acts[:, p] − q‖ / ‖q‖`` over the
     positions marked ``valid`` (all positions by default)."""
-    if acts.shape[-1] != query.shape[-1]:
-        raise ValueError(
-            f"query width {query.shape[-1]} does not match the activation width {acts.shape[-1]}"
-        )
-    dist = (acts - query).norm(dim=-1) / query.norm().clamp_min(1e-12)
+    check_query(query, acts.shape[-1])
+    dist = (acts - query).norm(dim=-1) / query.norm()
     if valid is not None:
         dist = dist.masked_fill(~valid, float("inf"))
     return dist.min(dim=-1)
@@ -118,11 +161,24 @@ def paired_min_distances(
 ) -> torch.Tensor:
     """``[n]``: for each candidate ``i``, ``min_p ‖acts[i, p] − queries[i]‖ / ‖queries[i]‖`` over
     its ``valid`` positions (one query per candidate, as when evaluating many queries at once)."""
-    dist = (acts - queries[:, None]).norm(dim=-1) / queries.norm(dim=-1, keepdim=True).clamp_min(
-        1e-12)
+    check_queries(queries, "a query")
+    dist = (acts - queries[:, None]).norm(dim=-1) / queries.norm(dim=-1, keepdim=True)
     if valid is not None:
         dist = dist.masked_fill(~valid, float("inf"))
     return dist.min(dim=-1).values
+
+
+def match_positions(
+    tokens: torch.Tensor, pad_id: int | None, eos_id: int | None = None
+) -> torch.Tensor | None:
+    """Positions allowed to be a candidate's match: every one but padding and EOS (the paper
+    excludes both from the minimum; BOS stays). ``None`` (all) when neither id is given."""
+    valid = None
+    for special in (pad_id, eos_id):
+        if special is not None:
+            keep = tokens != special
+            valid = keep if valid is None else valid & keep
+    return valid
 
 
 @dataclass
@@ -142,14 +198,17 @@ def score_candidates(
     candidates: torch.Tensor,
     epsilon: float = DEFAULT_EPSILON,
     pad_id: int | None = None,
+    eos_id: int | None = None,
 ) -> list[ScoredCandidate]:
     """Run every candidate through the probed model and mark it in/out of the ε-preimage,
-    sorted by distance (closest first). Padding positions never count as a match."""
+    sorted by distance (closest first). Padding and (given ``eos_id``) EOS positions never
+    count as a match, as in the paper."""
     epsilon = check_epsilon(epsilon)
+    check_query(query)
     if len(candidates) == 0:
         return []
     acts = activations_at(model, candidates, hook_name)
-    valid = None if pad_id is None else candidates != pad_id
+    valid = match_positions(candidates, pad_id, eos_id)
     dist, pos = min_distances(acts, query.to(acts.dtype), valid)
     order = torch.argsort(dist)
     return [

@@ -7,16 +7,21 @@ from collections.abc import Sequence
 
 import torch
 
+from msae_plugin.errors import InversionViewError
 from msae_plugin.inversionview.decoder import InversionViewDecoder
 from msae_plugin.inversionview.preimage import (
     DEFAULT_EPSILON,
     ScoredCandidate,
     activations_at,
     check_epsilon,
+    check_queries,
+    check_query,
+    match_positions,
     paired_min_distances,
     score_candidates,
 )
 from msae_plugin.inversionview.views import render_table  # noqa: F401  (re-export)
+from msae_plugin.names import suggest
 
 # The paper's plan for its small case studies: (temperature, noise) pairs, each used equally.
 DEFAULT_PLAN: tuple[tuple[float, float], ...] = ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
@@ -32,20 +37,24 @@ def sample_preimage(
     plan: Sequence[tuple[float, float]] = DEFAULT_PLAN,
     epsilon: float = DEFAULT_EPSILON,
     seed: int = 0,
+    match_eos: bool = False,
 ) -> list[ScoredCandidate]:
     """``n`` decoded candidates for ``query`` (taken at ``hook_name``), sorted by distance and
-    marked in/out of the ε-preimage. ``hooks`` is the decoder's site list."""
+    marked in/out of the ε-preimage. ``hooks`` is the decoder's site list.
+
+    As in the paper, a sample's EOS position is not a candidate match (``match_eos=True``
+    allows it, e.g. for a decoder trained on queries at EOS such as CLIP's pooled EOT token).
+    Bad requests (``n < 1``, an unknown site, a query that is not one finite, non-zero vector
+    of the decoder's width) raise before any sampling."""
     epsilon = check_epsilon(epsilon)
-    if hook_name not in hooks:
-        raise ValueError(
-            f"this decoder was not trained on {hook_name!r}; it knows {list(hooks)}"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InversionViewError(
+            f"n (the number of samples) must be an int ≥ 1, got {n!r}; the paper draws 64 per "
+            "query"
         )
-    if query.dim() != 1 or query.shape[0] != decoder.cfg.d_act:
-        raise ValueError(
-            f"query must be one activation vector of width {decoder.cfg.d_act}, got shape "
-            f"{tuple(query.shape)}"
-        )
-    site = hooks.index(hook_name)
+    _check_site(hook_name, hooks)
+    check_query(query, decoder.cfg.d_act)
+    site = list(hooks).index(hook_name)
     g = torch.Generator().manual_seed(seed)
     per = [n // len(plan) + (i < n % len(plan)) for i in range(len(plan))]
     rows = []
@@ -60,7 +69,16 @@ def sample_preimage(
     cands = torch.cat(
         [torch.nn.functional.pad(r, (0, width - r.shape[1]), value=pad) for r in rows]
     )
-    return score_candidates(probed, hook_name, query, cands, epsilon=epsilon, pad_id=pad)
+    return score_candidates(probed, hook_name, query, cands, epsilon=epsilon, pad_id=pad,
+                            eos_id=None if match_eos else decoder.cfg.eos_id)
+
+
+def _check_site(hook_name: str, hooks: Sequence[str]) -> None:
+    if hook_name not in hooks:
+        raise InversionViewError(
+            f"this decoder was not trained on {hook_name!r}.{suggest(hook_name, hooks)} It "
+            f"knows {list(hooks)}; query one of those or train a decoder on this site"
+        )
 
 
 @torch.no_grad()
@@ -76,22 +94,26 @@ def batch_precision(
     epsilon: float = DEFAULT_EPSILON,
     generator: torch.Generator | None = None,
     return_samples: bool = False,
+    match_eos: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each query input ``tokens[i]`` (activation at ``hook_name``, position
     ``positions[i]``), draw one decoded sample and return its distance to the query
     (``[batch]``); ``(result <= epsilon).float().mean()`` is the paper's training-log "ratio".
     Batched over queries, for evaluating a decoder on many held-out activations at once.
-    With ``return_samples`` returns ``(distances, samples, queries)``."""
+    With ``return_samples`` returns ``(distances, samples, queries)``. EOS positions are not
+    matches unless ``match_eos`` (see :func:`sample_preimage`)."""
     epsilon = check_epsilon(epsilon)
-    if hook_name not in hooks:
-        raise ValueError(f"this decoder was not trained on {hook_name!r}; it knows {list(hooks)}")
+    _check_site(hook_name, hooks)
     n = len(tokens)
     pos = torch.as_tensor(positions).expand(n)
     queries = activations_at(probed, tokens, hook_name)[torch.arange(n), pos]
+    check_queries(queries)  # before sampling: NaN would reach torch.multinomial
     site = torch.full((n,), list(hooks).index(hook_name))
     cands = decoder.sample(queries, site, temperature, noise, generator=generator)
     acts = activations_at(probed, cands, hook_name)
-    dist = paired_min_distances(acts, queries, cands != decoder.cfg.pad_id)
+    valid = match_positions(cands, decoder.cfg.pad_id,
+                            None if match_eos else decoder.cfg.eos_id)
+    dist = paired_min_distances(acts, queries, valid)
     return (dist, cands, queries) if return_samples else dist
 
 

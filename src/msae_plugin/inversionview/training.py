@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from msae_plugin.errors import CheckpointError
+from msae_plugin.inversionview.checkpoint import load_torch_file
 from msae_plugin.inversionview.decoder import InversionViewDecoder
 from msae_plugin.inversionview.preimage import hook_block, select_site, split_site
 
@@ -107,6 +109,20 @@ def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))  # cosine to 10 %
 
 
+def _load_state(path: Path) -> dict:
+    """The resume state, read tensors-only (:func:`load_torch_file`): a crafted file cannot run
+    code. Everything :func:`train_decoder` saves is of that kind (the generator state is a uint8
+    tensor; step, losses and the optimiser's settings are plain numbers and containers)."""
+    state = load_torch_file(path, "resume from", "Delete it to start over")
+    if not isinstance(state, dict) or not {"decoder", "optimizer", "generator", "step",
+                                           "losses"} <= set(state):
+        raise CheckpointError(
+            f"cannot resume from {path}: it is not a training state written by train_decoder "
+            "(keys decoder, optimizer, generator, step, losses). Delete it to start over."
+        )
+    return state
+
+
 def _save_state(path: Path, state: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{STATE_FILE}.")
     os.close(fd)
@@ -155,12 +171,12 @@ def train_decoder(
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
         if (ckpt / STATE_FILE).is_file():
+            state = _load_state(ckpt / STATE_FILE)
             try:
-                state = torch.load(ckpt / STATE_FILE, weights_only=False)
                 decoder.load_state_dict(state["decoder"])
                 opt.load_state_dict(state["optimizer"])
             except Exception as exc:
-                raise ValueError(
+                raise CheckpointError(
                     f"cannot resume from {ckpt / STATE_FILE} ({exc}); it is corrupt or from a "
                     "decoder of another shape. Delete it to start over."
                 ) from exc

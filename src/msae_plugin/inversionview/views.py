@@ -12,13 +12,21 @@ from msae_plugin.inversionview.preimage import DEFAULT_EPSILON, ScoredCandidate
 Decode = Callable[[list[int]], str]
 
 
+def _where(query_position: int | None) -> str:
+    """How the query's position is reported: a raw activation (``None``) has none, and
+    printing a sentinel such as -1 would read as "the last position"."""
+    return "no position: raw activation" if query_position is None else (
+        f"position {query_position}")
+
+
 def render_table(
-    scored: Sequence[ScoredCandidate], decode: Decode, query_text: str, query_position: int,
-    epsilon: float = DEFAULT_EPSILON, limit: int = 20,
+    scored: Sequence[ScoredCandidate], decode: Decode, query_text: str,
+    query_position: int | None, epsilon: float = DEFAULT_EPSILON, limit: int = 20,
 ) -> str:
-    """A text table of candidates (closest first), the matched position in brackets."""
+    """A text table of candidates (closest first), the matched position in brackets.
+    ``query_position`` is ``None`` for a raw activation that came without an input."""
     lines = [
-        f"query: {query_text}  (position {query_position})",
+        f"query: {query_text}  ({_where(query_position)})",
         f"{sum(c.in_preimage for c in scored)}/{len(scored)} samples inside the "
         f"ε={epsilon} preimage",
         f"{'distance':>9}  in?  sample",
@@ -65,7 +73,7 @@ def render_html(
     scored: Sequence[ScoredCandidate],
     decode: Decode,
     query_tokens: Sequence[int],
-    query_position: int,
+    query_position: int | None,
     site: str,
     epsilon: float = DEFAULT_EPSILON,
     title: str = "InversionView",
@@ -74,9 +82,12 @@ def render_html(
 ) -> str:
     """One self-contained HTML page: the query input with its position highlighted, then the
     samples (closest first) with distance, in/out of the ε-preimage and the position whose
-    activation matched outlined."""
+    activation matched outlined. ``query_position`` is ``None`` for a raw activation (nothing
+    is highlighted then)."""
     n_in = sum(c.in_preimage for c in scored)
-    q = _tokens_html([decode([t]) for t in query_tokens], query_position, "query")
+    mark = -1 if query_position is None else query_position
+    q = (_tokens_html([decode([t]) for t in query_tokens], mark, "query") if query_tokens
+         else "<em>a raw activation (no input)</em>")
     rows = []
     for i, c in enumerate(scored[:limit]):
         toks = _tokens_html([decode([t]) for t in c.tokens], c.position, "match",
@@ -93,7 +104,7 @@ def render_html(
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Query: {q}</p>
-<p class="meta">site <code>{html.escape(site)}</code>, position {query_position};
+<p class="meta">site <code>{html.escape(site)}</code>, {_where(query_position)};
 {n_in}/{len(scored)} samples inside the ε = {epsilon} preimage (normalised distance
 ‖a − q‖ / ‖q‖, minimised over each sample's positions; the matching position is outlined{legend}).</p>
 <table><tr><th>distance</th><th>in ε-preimage</th><th>pos</th><th>sample</th></tr>
