@@ -256,7 +256,8 @@ def test_fold_W_dec_norm_with_zero_decoder_rows_stays_finite(arch):
 @torch.no_grad()
 def test_fold_activation_whitening(arch, apply_b_dec_to_input):
     """Trained on z = (x − m)·M with outputs mapped back by ·M⁻¹ + m: folding must make the
-    SAE on raw x give the same codes and the mapped-back outputs."""
+    SAE on raw x give the same codes and the mapped-back outputs, or refuse (msae: its TopK
+    ranks by decoder contribution in the whitened space) with SAELens's NotImplementedError."""
     sae = inference_sae(arch, apply_b_dec_to_input=apply_b_dec_to_input, dtype="float64")
     randomize(sae)
     g = torch.Generator().manual_seed(3)
@@ -264,6 +265,13 @@ def test_fold_activation_whitening(arch, apply_b_dec_to_input):
     M = q * (torch.rand(D_IN, generator=g, dtype=torch.float64) + 0.5)  # well conditioned
     M_inv = torch.linalg.inv(M)
     m = torch.randn(D_IN, generator=g, dtype=torch.float64) * 2
+    if arch == "msae":
+        before = {n: t.clone() for n, t in sae.state_dict().items()}
+        with pytest.raises(NotImplementedError, match="whiten"):
+            sae.fold_activation_whitening(m, M, M_inv)
+        for n, t in sae.state_dict().items():
+            assert torch.equal(t, before[n]), n  # refused without touching anything
+        return
     x = torch.randn(12, D_IN, generator=g, dtype=torch.float64) * 3 + 1
     z = (x - m) @ M
     ref_feats = sae.encode(z)

@@ -10,8 +10,9 @@ TopK does with ``rescale_acts_by_decoder_norm``). MSAE keeps decoder rows at uni
 the paper's plain TopK of the pre-activations; for non-unit rows it is what makes
 ``fold_W_dec_norm`` (and the per-step decoder renormalisation) exact for every k.
 
-Every SAELens fold is exact here: the affine input maps are absorbed into ``input_mean``,
-``input_scale`` and the weights (see each method), never approximated.
+SAELens's folds are exact here or refused: the activation-norm scaling factor is absorbed into
+``input_mean`` / ``input_scale``, decoder norms into the encoder; a whitening cannot keep TopK
+exact and raises :class:`FoldNotSupportedError` (a ``NotImplementedError``, SAELens's convention).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msae_plugin.errors import ActivationShapeError, MSAEConfigError, NonFiniteActivationsError
+from msae_plugin.errors import (
+    ActivationShapeError,
+    FoldNotSupportedError,
+    MSAEConfigError,
+    NonFiniteActivationsError,
+)
 from msae_plugin.msae.nested import topk_relu
 
 
@@ -199,7 +205,7 @@ class MSAECoreMixin:
         """Choose the TopK used by ``forward`` (e.g. when spliced into a model)."""
         self.cfg.default_k = None if k is None else self.resolve_k(k)
 
-    # ---- weight folding (all exact) -------------------------------------------------------
+    # ---- weight folding (exact, or refused) -------------------------------------------------------
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Absorb SAELens's activation scaling x → c·x into the input statistics.
@@ -218,42 +224,27 @@ class MSAECoreMixin:
         self.input_scale.mul_(c)
         self.cfg.normalize_activations = "none"
 
-    @torch.no_grad()
     def fold_activation_whitening(
         self,
         mean: torch.Tensor,
         whitening_matrix: torch.Tensor,
         unwhitening_matrix: torch.Tensor,
     ) -> None:
-        """Absorb SAELens's whitening z = (x − m)·M (inverse x = z·M⁻¹ + m) exactly.
+        """Refused: no fold of a whitening z = (x − m)·M can keep every TopK exact.
 
-        MSAE standardises z: (z − μ)·s = (x − m − μ·M⁻¹)·M·s. So with μ' = m + μ·M⁻¹,
-        W_enc' = M·W_enc, W_dec' = W_dec·M⁻¹, b_dec' = b_dec·M⁻¹ (s and b_enc unchanged), the
-        pre-activations are identical and x̂' = (z·W_dec' + b_dec')/s + μ' equals the unwhitened
-        output. Decoder rows stop being unit-norm; TopK ranks by pre_j·‖W_dec_j‖, so only its
-        scale of reference changes, not the selection it made before folding.
+        The affine part would fold exactly (μ' = m + μ·M⁻¹, W_enc' = M·W_enc, W_dec' = W_dec·M⁻¹,
+        b_dec' = b_dec·M⁻¹), but TopK ranks latents by pre_j·‖W_dec_j‖, their contribution in the
+        space the SAE was trained in; after folding, ‖W_dec_j·M⁻¹‖ measures it in raw space and
+        ``encode(x, k)`` would select other latents. (SAELens never calls this for MSAE: its
+        config requires normalize_activations='none'.)
         """
-        d = self.cfg.d_in
-        for name, t, shape in (
-            ("mean", mean, (d,)),
-            ("whitening_matrix", whitening_matrix, (d, d)),
-            ("unwhitening_matrix", unwhitening_matrix, (d, d)),
-        ):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-                raise MSAEConfigError(
-                    f"fold_activation_whitening: {name} must be a tensor of shape {shape} for "
-                    f"d_in={d}, got {getattr(t, 'shape', type(t).__name__)}. Pass SAELens's "
-                    "ActivationWhitening (mean, matrix, inverse_matrix)."
-                )
-        dtype = torch.promote_types(self.W_enc.dtype, whitening_matrix.dtype)
-        M = whitening_matrix.to(self.device, dtype)
-        M_inv = unwhitening_matrix.to(self.device, dtype)
-        m = mean.to(self.device, dtype)
-        self.W_enc.data.copy_(M @ self.W_enc.data.to(dtype))
-        self.W_dec.data.copy_(self.W_dec.data.to(dtype) @ M_inv)
-        self.b_dec.data.copy_(self.b_dec.data.to(dtype) @ M_inv)
-        self.input_mean.copy_(m + self.input_mean.to(dtype) @ M_inv)
-        self.cfg.normalize_activations = "none"
+        raise FoldNotSupportedError(
+            "MSAE cannot fold an activation whitening exactly: its TopK (encode(x, k)) ranks "
+            "latents by their decoder contribution in the whitened space, which the folded SAE "
+            "no longer sees. Whiten the activations before calling the SAE instead "
+            "(z = (x - mean) @ whitening_matrix; x_hat = sae(z) @ unwhitening_matrix + mean), or "
+            "train the MSAE on raw activations: it standardises its inputs itself."
+        )
 
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
