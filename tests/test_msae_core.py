@@ -135,3 +135,101 @@ def test_inference_encode_paths_and_default_k(tmp_path, sparse_data):
         assert torch.allclose(z, topk_relu(hp, k), atol=1e-6)
     sae.set_default_k(5)
     assert torch.equal(sae(x), sae.decode(sae.encode(x, k=5)))
+
+
+# ---- independent references for encode / decode, and refused inputs ------------------------
+def signed_msae(unit_rows: bool) -> MSAE:
+    """float64 MSAE with signed weights, a mean far from 0 and a scale far from 1."""
+    sae = MSAE(MSAEConfig(d_in=10, d_sae=40, k_start=4, dtype="float64"))
+    g = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        if unit_rows:
+            sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
+        else:
+            sae.W_dec.mul_(torch.rand(40, 1, generator=g, dtype=torch.float64) * 5 + 0.1)
+        sae.input_mean.copy_(torch.randn(10, generator=g, dtype=torch.float64) * 3)
+        sae.input_scale.fill_(0.25)
+    return sae
+
+
+@pytest.mark.parametrize("unit_rows", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 10, 39])
+def test_encode_topk_matches_plain_torch_topk(unit_rows, k):
+    """TopK written out: standardise, pre-activate, keep the k largest pre·‖W_dec_j‖ (= the
+    paper's plain TopK when rows are unit norm), ReLU the kept values."""
+    sae = signed_msae(unit_rows)
+    x = torch.randn(25, 10, dtype=torch.float64) * 4 + 1
+    with torch.no_grad():
+        W_enc, b_enc, b_dec = sae.W_enc.clone(), sae.b_enc.clone(), sae.b_dec.clone()
+        std = (x - sae.input_mean) * 0.25
+        pre = (std - b_dec) @ W_enc + b_enc
+        score = pre if unit_rows else pre * sae.W_dec.norm(dim=-1)
+        expected = torch.zeros_like(pre)
+        for r in range(pre.shape[0]):
+            for j in torch.topk(score[r], k).indices.tolist():
+                expected[r, j] = max(float(pre[r, j]), 0.0)
+        z = sae.encode(x, k=k)
+    assert torch.allclose(z, expected, atol=1e-12)
+    assert int((z != 0).sum(-1).max()) <= k
+
+
+def test_decode_matches_independent_formula():
+    """x̂ = (z·W_dec + b_dec) / s + μ, the inverse of the standardisation x' = (x − μ)·s."""
+    sae = signed_msae(unit_rows=True)
+    z = torch.relu(torch.randn(7, 40, dtype=torch.float64))
+    with torch.no_grad():
+        expected = (z @ sae.W_dec + sae.b_dec) / 0.25 + sae.input_mean
+        assert torch.allclose(sae.decode(z), expected, atol=1e-12)
+        # and through leading dimensions
+        assert torch.allclose(sae.decode(z.view(7, 1, 40)), expected.view(7, 1, 10), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_encode_refuses_non_finite_rows_and_counts_them(bad):
+    from msae_plugin.errors import NonFiniteActivationsError
+
+    sae = signed_msae(unit_rows=True)
+    x = torch.randn(6, 10, dtype=torch.float64)
+    x[1, 3] = bad
+    x[4, 0] = bad
+    for k in (None, 3):
+        with pytest.raises(NonFiniteActivationsError, match=r"2 of 6 activation rows"):
+            sae.encode(x, k=k)
+    sae.check_finite = False  # the documented opt-out: no check, no sync
+    assert not torch.isfinite(sae.encode(x)[1]).all()
+
+
+def test_encode_refuses_overflowing_pre_activations():
+    from msae_plugin.errors import NonFiniteActivationsError
+
+    sae = MSAE(MSAEConfig(d_in=10, d_sae=40, k_start=4, dtype="float16"))
+    x = torch.full((3, 10), 60000.0)  # finite in float16, but the sums overflow
+    with torch.no_grad():
+        sae.W_enc.fill_(1.0)
+    with pytest.raises(NonFiniteActivationsError, match="overflowed"):
+        sae.encode(x)
+
+
+@pytest.mark.parametrize("rows", [
+    torch.full((50, 8), 3.25),            # constant data
+    torch.zeros(50, 8),                   # all zero (padding)
+    torch.randn(1, 8),                    # one row: no spread to measure
+    torch.full((50, 8), 1e6) + torch.randn(50, 8) * 1e-4,  # spread below float32 rounding
+])
+def test_fit_input_statistics_refuses_data_without_spread(rows):
+    from msae_plugin.errors import DegenerateActivationsError
+
+    sae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=8, d_sae=32, k_start=4))
+    with pytest.raises(DegenerateActivationsError, match="no spread"):
+        sae.fit_input_statistics(rows)
+    assert float(sae.input_scale) == 1.0 and not bool(sae.input_stats_fitted)  # untouched
+
+
+def test_fit_input_statistics_refuses_wrong_width_instead_of_reshaping():
+    from msae_plugin.errors import ActivationShapeError
+
+    sae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=8, d_sae=32, k_start=4))
+    with pytest.raises(ActivationShapeError, match="d_in=8"):
+        sae.fit_input_statistics(torch.randn(10, 16))  # 160 values would reshape to (20, 8)

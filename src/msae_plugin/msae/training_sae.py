@@ -5,8 +5,8 @@ One encoder/decoder, pre-activations computed once, TopK-ReLU at every level of 
 (Zaigrajew et al. 2025, arXiv 2502.20578; reference code WolodjaZ/MSAE ``train.py``).
 
 Decoder rows are kept at unit norm: the gradient component parallel to each row is removed in
-the backward pass, and rows are renormalised (function-preservingly: encoder columns and
-``b_enc`` absorb the norm) at the start of each step. SAELens's trainer has no post-step hook, so
+the backward pass, and rows are renormalised (function-preservingly for every k: encoder columns
+and ``b_enc`` absorb the norm, and TopK ranks pre_j·‖W_dec_j‖) at the start of each step. SAELens's trainer has no post-step hook, so
 this is the reference code's ``scale_to_unit_norm`` moved from after ``backward`` to before the
 next forward; the weights seen by every forward are the same.
 """
@@ -26,7 +26,7 @@ from sae_lens.saes.sae import (
 )
 from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 
-from msae_plugin.errors import NonFiniteActivationsError
+from msae_plugin.errors import DegenerateActivationsError, NonFiniteActivationsError
 from msae_plugin.msae.checkpoint import save_atomic
 from msae_plugin.msae.config import MSAETrainingSAEConfig
 from msae_plugin.msae.core import MSAECoreMixin
@@ -68,15 +68,30 @@ class MSAETrainingSAE(MSAECoreMixin, TrainingSAE[MSAETrainingSAEConfig]):
         """Set μ = mean(x) and s = target_norm / E‖x − μ‖ (target_norm defaults to √d_in).
 
         Called automatically on the first training batch if not called before; call it yourself
-        with a larger sample for a better estimate.
+        with a larger sample for a better estimate. Raises :class:`DegenerateActivationsError`
+        for data without spread (constant rows, a single row): its scale would be unbounded.
         """
+        self._check_width(x)
         x = x.to(self.dtype).reshape(-1, self.cfg.d_in)
         self._check_finite(x)
-        mean = x.mean(0)
-        norm = (x - mean).norm(dim=-1).mean().clamp_min(1e-12)
+        # statistics in at least float32: a float16/bfloat16 sum over many rows loses the mean
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = xf.mean(0)
+        spread = float((xf - mean).norm(dim=-1).mean()) if x.shape[0] else 0.0
+        magnitude = float(xf.norm(dim=-1).mean()) if x.shape[0] else 0.0
+        # Refuse rather than clamp: s = target/spread would be ~1e13 and every later input would
+        # be blown up to garbage. Spread at rounding level of the data is no spread at all.
+        if x.shape[0] < 2 or spread <= 1e-6 * magnitude or spread == 0.0:
+            raise DegenerateActivationsError(
+                f"cannot fit MSAE input statistics: the {x.shape[0]} activation row(s) have "
+                f"(almost) no spread (mean ‖x − μ‖ = {spread:.3g}, mean ‖x‖ = {magnitude:.3g}), "
+                "so the input scale would be infinite. Pass at least two distinct rows of real "
+                "activations (check the hook: a constant output, all padding?), or set "
+                "input_mean / input_scale yourself."
+            )
         target = self.cfg.target_norm or float(self.cfg.d_in) ** 0.5
-        self.input_mean.copy_(mean)
-        self.input_scale.copy_(target / norm)
+        self.input_mean.copy_(mean.to(self.dtype))
+        self.input_scale.copy_(torch.tensor(target / spread, dtype=self.dtype))
         self.input_stats_fitted.fill_(1.0)
 
     @staticmethod
