@@ -147,7 +147,7 @@ def test_mismatched_weights(saved):
     cfg = json.loads((saved / "cfg.json").read_text())
     cfg["d_sae"] = 64
     (saved / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="do not match its cfg.json"):
+    with pytest.raises(CheckpointError, match=r"'W_dec'.*shape \[32, 8\].*d_sae=64\) implies \[64, 8\]"):
         MSAE.load_from_disk(saved)
 
 

@@ -9,8 +9,12 @@ from msae_plugin.specs import ArchitectureSpec
 @hookimpl
 def msae_register_architectures() -> list[ArchitectureSpec]:
     from msae_plugin.msae.config import MSAEConfig, MSAETrainingSAEConfig
+    from msae_plugin.msae.loading import install_base_loader_dispatch
     from msae_plugin.msae.sae import MSAE
     from msae_plugin.msae.training_sae import MSAETrainingSAE
+
+    # SAE.load_from_disk / TrainingSAE.load_from_disk of an msae checkpoint -> MSAE's checked load
+    install_base_loader_dispatch()
 
     return [
         ArchitectureSpec(

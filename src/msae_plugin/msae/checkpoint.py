@@ -18,8 +18,6 @@ import torch
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from safetensors.torch import save_file
 
-from msae_plugin.errors import CheckpointError
-
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then atomically move the temp file onto ``path``."""
@@ -55,42 +53,12 @@ def save_atomic(
     return weights_path, cfg_path
 
 
-def check_checkpoint_dir(path: str | Path) -> dict[str, Any]:
-    """Validate a checkpoint folder before SAELens touches it; returns the parsed cfg.json."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path} is not a checkpoint folder. Pass the folder that holds {SAE_CFG_FILENAME} "
-            f"and {SAE_WEIGHTS_FILENAME} (e.g. the one written by `sae.save_model(path)`)."
-        )
-    cfg_path = path / SAE_CFG_FILENAME
-    weights_path = path / SAE_WEIGHTS_FILENAME
-    for p in (cfg_path, weights_path):
-        if not p.exists():
-            raise CheckpointError(
-                f"{p.name} is missing from {path}. The checkpoint is incomplete; re-save it or "
-                "resume training from an earlier checkpoint."
-            )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"{cfg_path} is not valid JSON ({exc}). The file is corrupt or truncated; restore it "
-            "from a backup or re-save the SAE."
-        ) from exc
-    if not isinstance(cfg, dict) or "architecture" not in cfg:
-        raise CheckpointError(
-            f"{cfg_path} has no 'architecture' field; it was not written by SAELens/msae-plugin."
-        )
-    try:
-        from safetensors import safe_open
+def check_checkpoint_dir(path: str | Path, *, check_values: bool = False) -> dict[str, Any]:
+    """Validate a checkpoint folder before SAELens touches it; returns the parsed cfg.json.
 
-        with safe_open(str(weights_path), framework="pt") as fh:
-            for key in fh.keys():
-                fh.get_slice(key)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{weights_path} cannot be read as safetensors ({exc}). The file is corrupt or "
-            "truncated (an interrupted copy?); restore it or resume from an earlier checkpoint."
-        ) from exc
-    return cfg
+    Kept for callers of earlier releases; the checks live in
+    :func:`msae_plugin.msae.checkpoint_check.validate_checkpoint` (see there for the list).
+    """
+    from msae_plugin.msae.checkpoint_check import validate_checkpoint
+
+    return validate_checkpoint(path, check_values=check_values).cfg
