@@ -172,6 +172,7 @@ def test_preprocess_resizes_each_image_like_pil(model: HookedOpenCLIP) -> None:
         (np.full((16, 16), 300, dtype=np.int32), r"must lie in 0\.\.255"),
         (torch.full((16, 16), -1, dtype=torch.int64), r"must lie in 0\.\.255"),
         (torch.full((3, 16, 16), float("inf")), "NaN or inf"),
+        (torch.full((3, 8, 8), 3e38), "overflow float32 when normalised"),
         (np.array([["a", "b"], ["c", "d"]]), "cannot be read as pixels"),
         (torch.zeros(3, 16, 0), "has no pixels"),
         (torch.zeros(0, 3, 16, 16), "empty image list"),

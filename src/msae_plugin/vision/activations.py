@@ -31,6 +31,7 @@ from sae_lens.training.mixing_buffer import mixing_buffer
 
 from msae_plugin.errors import NonFiniteActivationsError, UnknownHookError
 from msae_plugin.vision.activation_cache import ActivationCache
+from msae_plugin.vision.config_files import VisionConfigError
 from msae_plugin.vision.hook_names import block_of, check_names, tower_of
 from msae_plugin.vision.image_sources import (
     ImageSource,
@@ -49,8 +50,15 @@ def to_torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     name = str(dtype).removeprefix("torch.")
     if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        raise VisionConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
     return _DTYPES[name]
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    """Raise :class:`VisionConfigError` unless ``value`` is an int >= ``minimum``: ``int()``
+    would truncate 2.5 silently and fail on strings with a bare ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise VisionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def stop_at_layer_for(hook_name: str) -> int | None:
@@ -124,9 +132,15 @@ class ImageActivationProvider:
             ("store_batch_size_images", store_batch_size_images),
             ("train_batch_size_tokens", train_batch_size_tokens),
             ("n_batches_in_buffer", n_batches_in_buffer),
+            ("shard_size_tokens", shard_size_tokens),
         ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            _check_count(name, value, minimum=1)
+        _check_count("start_image", start_image, minimum=0)
+        if not isinstance(mix_fraction, (int, float)) or not 0 <= mix_fraction <= 1:
+            raise VisionConfigError(
+                f"mix_fraction must be a number in [0, 1] (the part of the mixing buffer kept "
+                f"back; SAELens's default is 0.5), got {mix_fraction!r}"
+            )
         self.model = model
         self.hook_name = hook_name
         self.width = check_image_hook(model, hook_name)

@@ -232,4 +232,10 @@ def preprocess(
     x = torch.stack(out)
     m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    x = (x - m) / s
+    if not torch.isfinite(x).all():  # finite pixels near float32's limit overflow here
+        raise ImageInputError(
+            "pixel values overflow float32 when normalised: float pixels are read as values in "
+            "[0, 1] (uint8 ones as 0..255); rescale the images first"
+        )
+    return x
