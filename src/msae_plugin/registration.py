@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from msae_plugin.errors import PluginSpecError
 from msae_plugin.specs import ArchitectureSpec, DecoderSpec, Registration
 
 HOOKED_MODELS: dict[str, type] = {}
@@ -55,17 +56,50 @@ def _call_each(pm: Any, hook_name: str) -> list[tuple[str, str, Any]]:
     return results
 
 
+def _check_config_name(spec: ArchitectureSpec, field: str, config_cls: Any) -> None:
+    """Refuse a config class whose ``architecture()`` is not the name it is registered under.
+
+    SAELens writes ``cfg.architecture()`` into ``cfg.json`` and looks the class up by that name
+    when loading: a mismatch saves the SAE as another architecture and reloads it as the wrong
+    class, silently.
+    """
+    where = f"{config_cls.__module__}.{config_cls.__qualname__}" if isinstance(
+        config_cls, type) else repr(config_cls)
+    arch = getattr(config_cls, "architecture", None)
+    if not callable(arch):
+        raise PluginSpecError(
+            f"ArchitectureSpec {spec.name!r}: {field}={where} has no architecture() classmethod; "
+            "pass an SAELens SAEConfig / TrainingSAEConfig subclass."
+        )
+    try:
+        got = arch()
+    except Exception as exc:
+        raise PluginSpecError(
+            f"ArchitectureSpec {spec.name!r}: {field}={where}.architecture() raised {exc!r}; it "
+            f"must be a classmethod returning {spec.name!r}."
+        ) from exc
+    if got != spec.name:
+        raise PluginSpecError(
+            f"ArchitectureSpec {spec.name!r}: {field}={where}.architecture() returns {got!r}, "
+            f"so SAEs would be saved as {got!r} and reload as another class. Make "
+            f"architecture() return {spec.name!r}, or register the spec under name={got!r}."
+        )
+
+
 def _register_architecture(spec: ArchitectureSpec, plugin: str, dist: str) -> None:
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
+    _check_config_name(spec, "sae_config_class", spec.sae_config_class)
     pairs: list[tuple[str, dict, tuple[type, type] | None]] = [
         ("architecture", SAE_CLASS_REGISTRY, (spec.sae_class, spec.sae_config_class)),
     ]
     if spec.training_sae_class is not None:
         if spec.training_config_class is None:
-            raise TypeError(
-                f"ArchitectureSpec {spec.name!r} has training_sae_class but no training_config_class"
+            raise PluginSpecError(
+                f"ArchitectureSpec {spec.name!r} has training_sae_class but no "
+                "training_config_class; pass the TrainingSAEConfig subclass as well."
             )
+        _check_config_name(spec, "training_config_class", spec.training_config_class)
         pairs.append(
             (
                 "training_architecture",
