@@ -75,10 +75,15 @@ def test_sampling_and_errors() -> None:
     act, site = torch.randn(5, 6), torch.zeros(5, dtype=torch.long)
     s = dec.sample(act, site, temperature=1.0, noise=0.1, generator=torch.Generator().manual_seed(0))
     assert s.shape[0] == 5 and s.shape[1] <= 8 and (s[:, 0] == BOS).all()
+    ended = 0
     for row in s:  # everything after the first EOS is padding
         eos = (row == EOS).nonzero()
         if len(eos):
+            ended += 1
             assert (row[eos[0, 0] + 1:] == PAD).all()
+        else:
+            assert len(row) == 8  # a row without EOS ran to max_len
+    assert ended > 0  # the padding rule above was exercised
     with pytest.raises(ValueError, match="activation width 7 does not match the decoder's d_act=6"):
         dec(torch.ones(1, 3, dtype=torch.long), torch.randn(1, 7), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="exceeds the decoder's n_ctx=8"):

@@ -135,14 +135,16 @@ def test_registry_loading_and_unknown_architecture(probed, tmp_path) -> None:
 def test_html_view_highlights_query_and_matches(probed) -> None:
     dec = decoder()
     tokens = sample_inputs(1, torch.Generator().manual_seed(0))
+    tokens[0, 2] = 3  # token 3 renders as "<&>": the query shows it, escaped
     q = activations_at(probed, tokens, SITES[1])[0, 3]
     scored = sample_preimage(dec, probed, SITES, SITES[1], q, n=8)
     page = render_html(scored, lambda t: "<&>" if t[0] == 3 else str(t[0]), tokens[0].tolist(),
                        3, SITES[1])
     assert page.count('class="tok query"') == 1
     assert page.count('class="tok match"') == len(scored)
-    assert f"{sum(c.in_preimage for c in scored)}/8 samples inside" in page
-    assert "<&>" not in page.split("<body>")[1] or "&lt;&amp;&gt;" in page
+    assert f"{sum(c.distance <= 0.1 for c in scored)}/8 samples inside" in page
+    body = page.split("<body>")[1]
+    assert "<&>" not in body and "&lt;&amp;&gt;" in body
     assert page.count("<tr class=") == 8
 
 
