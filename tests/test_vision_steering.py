@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from msae_plugin.errors import SAEModelMismatchError, UnknownHookError
+from msae_plugin.errors import ModelInputError, SAEModelMismatchError, UnknownHookError
 from msae_plugin.vision.hooked_clip import HookedOpenCLIP
 from msae_plugin.vision.steering import LatentEdit, steered_logits
 
@@ -126,3 +126,42 @@ def test_mismatched_saes_are_refused(model) -> None:
     model.add_sae(z)
     model.reset_saes()
     assert model.acts_to_saes == {}
+
+
+@pytest.mark.parametrize(
+    "mask,match",
+    [
+        (torch.zeros(5, dtype=torch.bool), r"shape \(5,\) but the images in this batch have 17"),
+        (torch.zeros(3, 17, dtype=torch.bool), r"\[17\] \(same for every item\) or \[4, 17\]"),
+        (torch.zeros(1, 4, 17, dtype=torch.bool), r"shape \(1, 4, 17\)"),
+        ("cls", "must be True/False or a boolean position mask"),
+    ],
+)
+def test_bad_image_token_masks_are_refused(model, data, mask, match: str) -> None:
+    """A wrong-shaped bypass mask used to surface as a raw broadcast error inside SAELens's
+    wrapper (or a bare ValueError)."""
+    x, _ = data
+    with pytest.raises(ModelInputError, match=match):
+        model.run_with_saes(x, saes=[make_sae()], exclude_special_tokens=mask)
+    assert model.acts_to_saes == {}
+
+
+def test_bad_text_token_masks_are_refused(model) -> None:
+    sae = make_sae("text.blocks.0.hook_resid_post")
+    tok = torch.ones(2, 8, dtype=torch.long)
+    with pytest.raises(ModelInputError, match=r"captions in this batch have 8 tokens"):
+        model.run_with_saes(tok, saes=[sae], exclude_special_tokens=torch.zeros(3, 8).bool())
+    with pytest.raises(ModelInputError, match="holds token ids"):
+        model.run_with_saes(tok, saes=[sae], exclude_special_tokens=["<eot>"])
+    # a [seq] mask applies to every caption
+    _, ref = model.run_with_cache(tok, names_filter=["text.blocks.0.hook_resid_post"])
+    keep = torch.tensor([True] + [False] * 7)
+    name = "text.blocks.0.hook_resid_post.hook_sae_output"
+    _, c = model.run_with_cache_with_saes(tok, saes=[sae], exclude_special_tokens=keep,
+                                          names_filter=[name])
+    assert torch.equal(c[name][:, 0], ref["text.blocks.0.hook_resid_post"][:, 0])
+
+
+def test_bad_return_type_is_a_model_input_error(model, data) -> None:
+    with pytest.raises(ModelInputError, match="return_type must be"):
+        model(data[0], return_type="logits")

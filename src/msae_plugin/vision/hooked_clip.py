@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from msae_plugin.errors import ModelInputError, UnknownHookError, UnsupportedModelError
 from msae_plugin.vision.components import HookedBlock
@@ -227,7 +228,7 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
         With ``stop_at_layer=L`` only blocks ``0..L-1`` run and the residual stream after them
         is returned (TransformerLens semantics, negative values count from the end)."""
         if return_type not in ("embed", "normalized", None):
-            raise ValueError(
+            raise ModelInputError(
                 f"return_type must be 'embed', 'normalized' or None, got {return_type!r}"
             )
         self.check_stop_at_layer(stop_at_layer, self.tower_for(input))

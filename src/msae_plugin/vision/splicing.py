@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from msae_plugin.errors import SAEModelMismatchError, UnknownHookError
+from msae_plugin.errors import ModelInputError, SAEModelMismatchError, UnknownHookError
 from msae_plugin.vision.hook_names import TEXT_PREFIX, block_of, suggest, tower_of
 
 
@@ -30,6 +30,21 @@ def _hst() -> Any:
     from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer
 
     return HookedSAETransformer
+
+
+def _position_mask(
+    spec: torch.Tensor, batch: int, seq: int, what: str, unit: str, device: torch.device
+) -> torch.Tensor:
+    """``spec`` as a ``[batch, seq]`` bool mask, or :class:`ModelInputError` naming the shapes
+    allowed (a wrong shape would otherwise fail deep inside SAELens's wrapper, or broadcast)."""
+    if spec.dim() not in (1, 2) or spec.shape[-1] != seq or (
+        spec.dim() == 2 and spec.shape[0] != batch
+    ):
+        raise ModelInputError(
+            f"token mask has shape {tuple(spec.shape)} but the {what} in this batch have {seq} "
+            f"{unit}: pass a boolean mask [{seq}] (same for every item) or [{batch}, {seq}]"
+        )
+    return spec.to(device=device, dtype=torch.bool).expand(batch, seq)
 
 
 class SAESplicingMixin:
@@ -163,17 +178,20 @@ class SAESplicingMixin:
                 mask[:, : self.cfg.n_prefix_tokens] = True  # type: ignore[attr-defined]
                 return mask
             if isinstance(spec, torch.Tensor):
-                mask = spec.to(device=input.device, dtype=torch.bool)
-                if mask.shape[-1] != seq:
-                    raise ValueError(
-                        f"token mask has {mask.shape[-1]} positions but images have {seq} "
-                        "tokens (CLS + patches)"
-                    )
-                return mask.expand(batch, seq) if mask.dim() == 1 else mask
-            raise ValueError("on image hooks exclude_special_tokens must be a bool or a bool mask")
+                return _position_mask(spec, batch, seq, "images", "tokens (CLS + patches)",
+                                      input.device)
+            raise ModelInputError(
+                "on image hooks exclude_special_tokens must be True/False or a boolean position "
+                f"mask [{seq}] / [batch, {seq}], got {type(spec).__name__}"
+            )
         if isinstance(spec, torch.Tensor):
-            return spec.to(device=input.device, dtype=torch.bool).expand_as(input)
+            return _position_mask(spec, batch, input.shape[1], "captions", "tokens",
+                                  input.device)
         ids = self._special_token_ids() if spec is True else list(spec)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ModelInputError(
+                f"exclude_special_tokens as a list holds token ids (ints), got {ids!r}"
+            )
         mask = torch.zeros_like(input, dtype=torch.bool)
         for token_id in ids:
             mask |= input == token_id
