@@ -315,9 +315,18 @@ def _load_trainer_state(tpath: Path) -> dict[str, Any]:
     try:  # weights_only: never run code from a file someone handed us
         state = torch.load(tpath, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+        if not refused:  # not a pickle at all: damage
+            raise _fail(
+                f"{tpath} cannot be read (not a torch file: it is corrupt or truncated). Resume "
+                "from an earlier checkpoint."
+            ) from exc
+        what = refused[0].split(" was not an allowed global")[0].replace("WeightsUnpickler "
+                                                                            "error: ", "")
         raise _fail(
-            f"{tpath} holds objects that torch.load(weights_only=True) refuses ({exc}); it was "
-            "not written by SAELens's trainer. Use a checkpoint written by `msae train`."
+            f"{tpath} holds objects that torch.load(weights_only=True) refuses ({what}); it was "
+            "not written by SAELens's trainer, and loading it could run code. Use a checkpoint "
+            "written by `msae train`."
         ) from exc
     except Exception as exc:
         raise _fail(
