@@ -25,7 +25,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def msae_register_architectures() -> list[ArchitectureSpec]:
-    """SAE architectures (inference + optional training classes and their config classes)."""
+    """SAE architectures (inference + optional training classes and their config classes).
+
+    Each config class's ``architecture()`` must return the spec's ``name``, or the spec is refused.
+    """
 
 
 @hookspec

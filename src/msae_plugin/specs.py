@@ -12,6 +12,9 @@ class ArchitectureSpec:
 
     ``name`` becomes the ``architecture`` string in ``cfg.json``. The inference pair goes into
     ``SAE_CLASS_REGISTRY``; the training pair (optional) into ``SAE_TRAINING_CLASS_REGISTRY``.
+    ``architecture()`` of both config classes must return ``name``: SAELens saves
+    ``cfg.architecture()`` and reloads the class registered under it, so registration refuses a
+    mismatched spec (:class:`msae_plugin.errors.PluginSpecError`, reported as a warning).
     """
 
     name: str
