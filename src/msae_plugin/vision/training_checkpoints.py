@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,12 @@ def load_trainer_state(path: str | Path, device: str | torch.device = "cpu") -> 
     try:
         state = torch.load(file, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it names {found.group(1)})" if found else ""
         raise UnsafeCheckpointError(
             f"refusing to load {file}: it holds Python objects other than tensors and plain "
-            f"data, which could run code when unpickled ({str(exc).splitlines()[0]}). Only "
-            "resume from checkpoints you wrote yourself with `msae train`; delete this one."
+            f"data{what}, which could run code when unpickled. Only resume from checkpoints "
+            "you wrote yourself with `msae train`; delete this one."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
