@@ -280,3 +280,22 @@ def test_fold_activation_whitening(arch, apply_b_dec_to_input):
     feats = sae.encode(x)
     close(feats, ref_feats, atol=1e-9, rtol=1e-9)
     close(sae.decode(feats), ref_out, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["msae", "standard"])
+@torch.no_grad()
+def test_fold_W_dec_norm_with_a_single_latent(arch):
+    kw: dict[str, Any] = {"d_sae": 1}
+    cfg = training_cfg(arch).to_dict() | kw
+    if arch == "msae":
+        cfg["k_start"] = 1
+    sae = SAE.from_dict(SAEConfig.from_dict(TrainingSAEConfig.from_dict(cfg)
+                                            .get_inference_sae_cfg_dict()).to_dict())
+    randomize(sae)
+    x = 10.0 * torch.ones(8, D_IN)
+    before = sae(x)
+    shapes = {n: p.shape for n, p in sae.named_parameters()}
+    sae.fold_W_dec_norm()
+    close(sae.W_dec.norm(dim=-1), torch.ones(1))
+    assert {n: p.shape for n, p in sae.named_parameters()} == shapes
+    close(sae(x), before, atol=1e-4)
