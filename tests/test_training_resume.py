@@ -226,3 +226,20 @@ def test_atomic_directory_publishes_whole_folders_only(tmp_path: Path) -> None:
     removed = remove_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".f.json.tmp-abc", ".x.tmp-def"]
     assert (tmp_path / "f.json").read_text() == "{}"
+
+
+def test_activation_cache_ignores_a_killed_first_shard_write(tmp_path: Path) -> None:
+    """A kill during the very first shard leaves only a temporary file: the folder is still a
+    new, empty cache (it used to be refused as "not an activation cache")."""
+    from msae_plugin.vision.activation_cache import ActivationCache, cache_key
+
+    key = cache_key(model_name="m", pretrained=None, hook_name="blocks.0.hook_resid_post",
+                    token_selection="all", image_size=[16, 16], n_ctx=17, tokens_per_image=17,
+                    d_in=4, dtype="float32", dataset_path="msae-digits")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / ".shard_00000.safetensors.tmp-0123456789ab").write_bytes(b"\x00" * 10)
+    cache = ActivationCache.open(folder, key)
+    assert cache.n_images == 0
+    cache.append(torch.ones(17, 4), 1)
+    assert ActivationCache.open(folder, key).read_all().shape == (17, 4)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from msae_plugin.msae.checkpoint import atomic_write_bytes
+from msae_plugin.atomic_io import atomic_write, is_temporary
 
 MANIFEST_FILENAME = "manifest.json"
 FORMAT = "msae-vision-activations"
@@ -108,7 +108,7 @@ class ActivationCache:
         path = Path(path)
         manifest_path = path / MANIFEST_FILENAME
         if not manifest_path.is_file():
-            if path.is_dir() and any(path.iterdir()):
+            if path.is_dir() and any(not is_temporary(p) for p in path.iterdir()):
                 raise ActivationCacheError(
                     f"{path} exists but is not an activation cache (no {MANIFEST_FILENAME}); "
                     "point cached_activations_path at an empty or new folder"
@@ -214,7 +214,7 @@ class ActivationCache:
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"shard_{len(self.manifest['shards']):05d}.safetensors"
         data = {"activations": tokens.detach().to("cpu", self.dtype).contiguous()}
-        atomic_write_bytes(self.path / name, lambda p: save_file(data, str(p)))
+        atomic_write(self.path / name, lambda p: save_file(data, str(p)))
         manifest = dict(self.manifest)
         manifest["shards"] = [
             *self.manifest["shards"],
@@ -230,4 +230,4 @@ class ActivationCache:
         def write(p: Path) -> None:
             p.write_text(json.dumps(manifest, indent=1))
 
-        atomic_write_bytes(self.path / MANIFEST_FILENAME, write)
+        atomic_write(self.path / MANIFEST_FILENAME, write)
