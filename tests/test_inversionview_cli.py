@@ -67,6 +67,7 @@ def test_raw_activation_input(decoder_dir, tmp_path, capsys) -> None:
         (["123+456=579", "--position", "13"], "outside the input (0..12)"),
         (["123+456=579", "--release", "additon"], "Did you mean 'addition'"),
         (["123+456=579", "--n", "0"], "--n must be ≥ 1"),
+        (["--activation", "/nonexistent/q.pt"], "does not exist or is not a file"),
         ([], "give exactly one of INPUT or --activation"),
     ],
 )

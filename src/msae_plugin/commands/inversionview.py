@@ -126,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InversionViewError("give exactly one of INPUT or --activation")
     if args.html is not None:
         prepare_output(args.html)
+    raw = None if args.activation is None or args.list_sites else load_activation(args.activation)
     rel = load_release(args.release, args.decoder_dir)
     if args.list_sites:
         print("\n".join(rel.sites))
@@ -136,8 +137,8 @@ def _run(args: argparse.Namespace) -> int:
             "Its sites: --list-sites"
         )
     position: int | None
-    if args.activation is not None:
-        query = load_activation(args.activation)
+    if raw is not None:
+        query = raw
         query_tokens: list[int] = []
         baseline = None
         position = None  # a raw vector has no position (and -1 would read as "the last one")
