@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from sae_lens.training.activation_scaler import ActivationScaler
 
 from msae_plugin.errors import FoldNotSupportedError, MSAEConfigError
 from msae_plugin.msae.config import MSAEConfig, MSAETrainingSAEConfig
@@ -55,8 +56,10 @@ def test_fold_norm_scaling_factor_equals_unfolded_on_scaled_inputs(apply_b_dec_t
     folded = copy.deepcopy(sae)
     folded.fold_activation_norm_scaling_factor(c)
     x = raw_x()
-    ref_codes = sae.encode(c * x, k=k)
-    ref_out = sae.decode(ref_codes) / c  # ActivationScaler.unscale
+    scaler = ActivationScaler(scaling_factor=c)  # what SAETrainer trained the SAE through
+    ref_codes = sae.encode(scaler.scale(x), k=k)
+    ref_out = scaler.unscale(sae.decode(ref_codes))
+    assert torch.allclose(ref_out, sae.decode(ref_codes) / c)  # the semantics, spelled out
     codes = folded.encode(x, k=k)
     close(codes, ref_codes)
     close(folded.decode(codes), ref_out)
