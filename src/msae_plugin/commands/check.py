@@ -1,9 +1,10 @@
 """``msae check PATH``: validate a checkpoint folder file by file, load it, and say what it holds.
 
 The checks are :func:`msae_plugin.msae.checkpoint_check.validate_checkpoint` with
-``check_values=True`` (every file of the folder, every tensor's name, shape and values), then a
-load through the architecture's own ``load_from_disk`` (for ``msae``: the plugin's checked load)
-and one forward pass on random input, which must give finite output. A problem raises a
+``check_values=True`` (``cfg.json``, every tensor's name, shape and values, ``sparsity``), the
+files of a training checkpoint when there are any (:func:`check_training_files`), then a load
+through the architecture's own ``load_from_disk`` (for ``msae``: the plugin's checked load) and
+one forward pass on random input, which must give finite output. A problem raises a
 :class:`~msae_plugin.errors.CheckpointError`; ``msae`` prints it as ``error: ...`` on stderr and
 exits with status 2.
 """
@@ -11,6 +12,8 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +27,70 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", help="folder holding cfg.json and sae_weights.safetensors")
     p.set_defaults(func=run)
+
+
+def check_training_files(path: str | Path) -> tuple[list[str], dict[str, Any]] | None:
+    """Validate the training-only files of a checkpoint folder, if it has any.
+
+    A vision training checkpoint (it has the provider state) goes through the trainer's own
+    :func:`~msae_plugin.vision.training_checkpoints.validate_training_checkpoint` (every file
+    present and loadable). A plain SAELens ``SAETrainer`` checkpoint needs ``trainer_state.pt``
+    (loaded with ``weights_only=True``: a crafted pickle is refused, never run) together with
+    ``activation_scaler.json``; ``runner_cfg.json`` and the activation-store state are checked
+    when present. Returns (file names, trainer state) or ``None`` for a plain SAE folder.
+    """
+    from sae_lens.constants import (
+        ACTIVATION_SCALER_CFG_FILENAME,
+        ACTIVATIONS_STORE_STATE_FILENAME,
+        RUNNER_CFG_FILENAME,
+        TRAINER_STATE_FILENAME,
+    )
+    from safetensors import safe_open
+
+    from msae_plugin.errors import CheckpointError
+    from msae_plugin.msae.checkpoint_check import read_json_file
+    from msae_plugin.vision.activations import PROVIDER_STATE_FILENAME
+    from msae_plugin.vision.training_checkpoints import (
+        load_trainer_state,
+        validate_training_checkpoint,
+    )
+
+    path = Path(path)
+    names = (TRAINER_STATE_FILENAME, ACTIVATION_SCALER_CFG_FILENAME, RUNNER_CFG_FILENAME,
+             PROVIDER_STATE_FILENAME, ACTIVATIONS_STORE_STATE_FILENAME)
+    present = [n for n in names if (path / n).is_file()]
+    if not present:
+        return None
+    if PROVIDER_STATE_FILENAME in present:
+        validate_training_checkpoint(path)
+        return present, load_trainer_state(path)
+    pair = {TRAINER_STATE_FILENAME, ACTIVATION_SCALER_CFG_FILENAME}
+    if pair & set(present) and not pair <= set(present):
+        (lost,) = pair - set(present)
+        raise CheckpointError(
+            f"training checkpoint {path} is incomplete: {lost} is missing (SAELens writes "
+            f"{TRAINER_STATE_FILENAME} and {ACTIVATION_SCALER_CFG_FILENAME} together and reads "
+            "both to resume). Resume from an earlier checkpoint."
+        )
+    for name in (ACTIVATION_SCALER_CFG_FILENAME, RUNNER_CFG_FILENAME):
+        if name in present and not isinstance(read_json_file(path / name, name), dict):
+            raise CheckpointError(
+                f"{path / name} must hold a JSON object; restore it or resume from an earlier "
+                "checkpoint."
+            )
+    if ACTIVATIONS_STORE_STATE_FILENAME in present:
+        store = path / ACTIVATIONS_STORE_STATE_FILENAME
+        try:
+            with safe_open(str(store), framework="pt") as fh:
+                list(fh.keys())  # noqa: SIM118
+        except Exception as exc:
+            raise CheckpointError(
+                f"{store} cannot be read as safetensors ({exc}); it is corrupt or truncated. "
+                "Resume from an earlier checkpoint."
+            ) from exc
+    if TRAINER_STATE_FILENAME not in present:
+        return present, {}
+    return present, load_trainer_state(path)
 
 
 def _load(arch: str, path: str) -> object:
@@ -57,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
     msae_plugin.register()
     report = validate_checkpoint(args.path, check_values=True)
+    training = check_training_files(args.path)
     sae = _load(report.architecture, args.path)
     _smoke_forward(sae, args.path)
 
@@ -71,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
     if hook:
         print(f"hook: {hook}  model: {cfg.metadata.model_name}")
     n_values = sum(_numel(s) for s in report.tensors.values())
-    print(f"checked: {', '.join(report.files)} ({len(report.tensors)} tensors, {n_values:,} "
+    files = report.files + (training[0] if training else [])
+    print(f"checked: {', '.join(files)} ({len(report.tensors)} tensors, {n_values:,} "
           "values, all finite)")
-    if report.trainer_state is not None:
-        st = report.trainer_state
+    if training and training[1]:
+        st = training[1]
         print(f"training checkpoint: step {st['n_training_steps']}, "
               f"{st['n_training_samples']:,} samples seen")
     return 0

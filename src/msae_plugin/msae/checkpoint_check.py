@@ -14,11 +14,11 @@ What is checked:
   positive integers, a known ``dtype``, and a config the architecture accepts;
 * ``sae_weights.safetensors``: readable, exactly the tensors the architecture has, each of the
   shape ``cfg.json`` implies; with ``check_values`` every value finite;
-* ``sparsity.safetensors`` if present: readable, one ``sparsity`` tensor of ``[d_sae]``, no NaN;
-* training-checkpoint files if present (:data:`TRAINING_FILES`): ``trainer_state.pt`` loads with
-  ``torch.load(weights_only=True)`` and holds the trainer counters; the JSON files parse; the
-  activation-store state is readable safetensors; ``trainer_state.pt`` and
-  ``activation_scaler.json`` come together (SAELens's resume reads both).
+* ``sparsity.safetensors`` if present: readable, one ``sparsity`` tensor of ``[d_sae]``, no NaN
+  (``-inf``, the log-density of a latent that never fired, is allowed).
+
+The files only a training run reads (``trainer_state.pt``...) are checked by ``msae check``
+(:mod:`msae_plugin.commands.check`), not on every load.
 """
 
 from __future__ import annotations
@@ -28,15 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_lens.constants import (
-    ACTIVATION_SCALER_CFG_FILENAME,
-    ACTIVATIONS_STORE_STATE_FILENAME,
-    RUNNER_CFG_FILENAME,
-    SAE_CFG_FILENAME,
-    SAE_WEIGHTS_FILENAME,
-    SPARSITY_FILENAME,
-    TRAINER_STATE_FILENAME,
-)
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
 
 from msae_plugin.errors import (
     CheckpointArchitectureError,
@@ -45,16 +37,6 @@ from msae_plugin.errors import (
     MSAEConfigError,
 )
 
-#: the vision provider's position in the image stream (msae_plugin.vision.activations)
-PROVIDER_STATE_FILENAME = "vision_provider_state.json"
-TRAINING_FILES = (
-    TRAINER_STATE_FILENAME,
-    ACTIVATION_SCALER_CFG_FILENAME,
-    RUNNER_CFG_FILENAME,
-    PROVIDER_STATE_FILENAME,
-    ACTIVATIONS_STORE_STATE_FILENAME,
-)
-_TRAINER_KEYS = ("n_training_samples", "n_training_steps", "optimizer", "lr_scheduler")
 _RESAVE = "re-save the SAE with `sae.save_model(path)` or use an earlier checkpoint"
 
 
@@ -67,14 +49,14 @@ class CheckpointReport:
     architecture: str
     tensors: dict[str, tuple[int, ...]]
     files: list[str] = field(default_factory=list)
-    trainer_state: dict[str, Any] | None = None
 
 
 def _fail(msg: str) -> CheckpointError:
     return CheckpointError(msg)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json_file(path: Path, what: str) -> Any:
+    """Parsed JSON of ``path``; a :class:`CheckpointError` naming the file if it is damaged."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -271,77 +253,6 @@ def _check_sparsity(path: Path, d_sae: int, values: bool) -> None:
         ) from exc
 
 
-def _check_training_files(path: Path) -> dict[str, Any] | None:
-    present = {name for name in TRAINING_FILES if (path / name).is_file()}
-    if not present:
-        return None
-    pair = {TRAINER_STATE_FILENAME, ACTIVATION_SCALER_CFG_FILENAME}
-    if present & pair and not pair <= present:
-        (lost,) = pair - present
-        raise _fail(
-            f"training checkpoint {path} is incomplete: {lost} is missing (SAELens writes "
-            f"{TRAINER_STATE_FILENAME} and {ACTIVATION_SCALER_CFG_FILENAME} together and needs "
-            "both to resume). Resume from an earlier checkpoint."
-        )
-    for name in (ACTIVATION_SCALER_CFG_FILENAME, RUNNER_CFG_FILENAME, PROVIDER_STATE_FILENAME):
-        if name in present and not isinstance(_read_json(path / name, name), dict):
-            raise _fail(f"{path / name} must hold a JSON object; restore it or use an earlier "
-                        "checkpoint.")
-    if PROVIDER_STATE_FILENAME in present:
-        state = _read_json(path / PROVIDER_STATE_FILENAME, PROVIDER_STATE_FILENAME)
-        lost = [k for k in ("hook_name", "token_selection", "tokens_per_image") if k not in state]
-        if lost:
-            raise _fail(f"{path / PROVIDER_STATE_FILENAME} lacks {lost}; it is not a vision "
-                        "provider state. Restore it or use an earlier checkpoint.")
-    if ACTIVATIONS_STORE_STATE_FILENAME in present:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path / ACTIVATIONS_STORE_STATE_FILENAME), framework="pt") as fh:
-                list(fh.keys())  # noqa: SIM118
-        except Exception as exc:
-            raise _fail(f"{path / ACTIVATIONS_STORE_STATE_FILENAME} cannot be read as "
-                        f"safetensors ({exc}); it is corrupt or truncated.") from exc
-    if TRAINER_STATE_FILENAME not in present:
-        return None
-    return _load_trainer_state(path / TRAINER_STATE_FILENAME)
-
-
-def _load_trainer_state(tpath: Path) -> dict[str, Any]:
-    import pickle
-
-    import torch
-
-    try:  # weights_only: never run code from a file someone handed us
-        state = torch.load(tpath, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
-        if not refused:  # not a pickle at all: damage
-            raise _fail(
-                f"{tpath} cannot be read (not a torch file: it is corrupt or truncated). Resume "
-                "from an earlier checkpoint."
-            ) from exc
-        what = refused[0].split(" was not an allowed global")[0].replace("WeightsUnpickler "
-                                                                            "error: ", "")
-        raise _fail(
-            f"{tpath} holds objects that torch.load(weights_only=True) refuses ({what}); it was "
-            "not written by SAELens's trainer, and loading it could run code. Use a checkpoint "
-            "written by `msae train`."
-        ) from exc
-    except Exception as exc:
-        raise _fail(
-            f"{tpath} cannot be read ({exc}); it is corrupt or truncated. Resume from an "
-            "earlier checkpoint."
-        ) from exc
-    if not isinstance(state, dict) or any(k not in state for k in _TRAINER_KEYS):
-        have = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise _fail(
-            f"{tpath} is not a SAELens trainer state (expected keys {list(_TRAINER_KEYS)}, found "
-            f"{have}). Resume from an earlier checkpoint."
-        )
-    return state
-
-
 def validate_checkpoint(
     path: str | Path, *, check_values: bool = False, training: bool = False
 ) -> CheckpointReport:
@@ -355,7 +266,7 @@ def validate_checkpoint(
     """
     path = Path(path)
     _check_folder(path)
-    cfg = _read_json(path / SAE_CFG_FILENAME, SAE_CFG_FILENAME)
+    cfg = read_json_file(path / SAE_CFG_FILENAME, SAE_CFG_FILENAME)
     if isinstance(cfg, dict):  # pre-6.0 SAELens names, as SAELens's own loader renames them
         from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
 
@@ -366,6 +277,4 @@ def validate_checkpoint(
     if (path / SPARSITY_FILENAME).is_file():
         _check_sparsity(path, cfg["d_sae"], check_values)
         files.append(SPARSITY_FILENAME)
-    trainer_state = _check_training_files(path)
-    files += [name for name in TRAINING_FILES if (path / name).is_file()]
-    return CheckpointReport(path, cfg, arch, tensors, files, trainer_state)
+    return CheckpointReport(path, cfg, arch, tensors, files)
