@@ -233,3 +233,18 @@ def test_fit_input_statistics_refuses_wrong_width_instead_of_reshaping():
     sae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=8, d_sae=32, k_start=4))
     with pytest.raises(ActivationShapeError, match="d_in=8"):
         sae.fit_input_statistics(torch.randn(10, 16))  # 160 values would reshape to (20, 8)
+
+
+def test_hook_z_msae_takes_per_head_activations():
+    """SAELens's hook_z SAEs take (..., n_heads, d_head) and flatten it; the width check must
+    run after that reshape (it used to refuse every hook_z input)."""
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = MSAEConfig(d_in=16, d_sae=32, k_start=4, reshape_activations="hook_z",
+                     metadata=SAEMetadata(hook_name="blocks.0.attn.hook_z"))
+    sae = MSAE(cfg)
+    x = torch.randn(2, 5, 4, 4)  # (batch, pos, n_heads, d_head), n_heads·d_head = d_in
+    with torch.no_grad():
+        assert sae.encode(x, k=3).shape == (2, 5, 32)
+        assert torch.allclose(sae.encode(x), sae.encode(x.reshape(2, 5, 16)))
+        assert sae(x).shape == x.shape
