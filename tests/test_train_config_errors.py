@@ -73,6 +73,8 @@ CONFIG_ROWS = [
                  ["n_checkpoints must be a whole number", "True (bool)"], id="int-as-bool"),
     pytest.param("adam_beta1", 1.5, VisionConfigError,
                  ["adam_beta1 must be in [0, 1)"], id="beta"),
+    pytest.param("logger", "wandb", VisionConfigError,
+                 ['"logger" must be an object', "got str"], id="logger-str"),
 ]
 
 

@@ -28,7 +28,7 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
 from safetensors.torch import save_file
 
-from msae_plugin.atomic_io import remove_temporaries
+from msae_plugin.atomic_io import atomic_write_text, remove_temporaries
 from msae_plugin.vision.activation_cache import ActivationCache, cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
@@ -346,8 +346,7 @@ class VisionSAETrainingRunner:
         if log_feature_sparsity is not None:
             sparsity_path = base / SPARSITY_FILENAME
             save_file({"sparsity": log_feature_sparsity}, sparsity_path)
-        with open(base / RUNNER_CFG_FILENAME, "w") as f:
-            json.dump(self.cfg.to_dict(), f)
+        atomic_write_text(base / RUNNER_CFG_FILENAME, json.dumps(self.cfg.to_dict()))
         if self.cfg.logger.log_to_wandb and self.trainer is not None:
             self.cfg.logger.log(
                 self.trainer, weights_path, cfg_path, sparsity_path=sparsity_path,

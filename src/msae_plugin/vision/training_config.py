@@ -323,6 +323,11 @@ class VisionSAERunnerConfig:
                     )
             logger_cfg = check_field_types(LoggingConfig, logger_cfg, "logger.")
             logger_cfg = LoggingConfig(**{"log_to_wandb": False, **logger_cfg})
+        elif not isinstance(logger_cfg, LoggingConfig):
+            raise VisionConfigError(
+                f'"logger" must be an object such as {{"log_to_wandb": false}}, got '
+                f"{type(logger_cfg).__name__}"
+            )
         out = cls(**{**cfg_dict, "sae": sae_cfg, "logger": logger_cfg})
         if "checkpoint_path" in cfg_dict:
             out.checkpoint_path = cfg_dict["checkpoint_path"]
