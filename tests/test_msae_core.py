@@ -246,5 +246,6 @@ def test_hook_z_msae_takes_per_head_activations():
     x = torch.randn(2, 5, 4, 4)  # (batch, pos, n_heads, d_head), n_heads·d_head = d_in
     with torch.no_grad():
         assert sae.encode(x, k=3).shape == (2, 5, 32)
-        assert torch.allclose(sae.encode(x), sae.encode(x.reshape(2, 5, 16)))
+        flat = ((x.reshape(2, 5, 16) - sae.input_mean) * sae.input_scale - sae.b_dec) @ sae.W_enc
+        assert torch.allclose(sae.encode(x), F.relu(flat + sae.b_enc), atol=1e-6)
         assert sae(x).shape == x.shape
