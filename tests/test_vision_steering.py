@@ -12,7 +12,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from msae_plugin.errors import ModelInputError, SAEModelMismatchError, UnknownHookError
 from msae_plugin.vision.hooked_clip import HookedOpenCLIP
-from msae_plugin.vision.steering import LatentEdit, steered_logits
+from msae_plugin.vision.steering import LatentEdit, SteeringError, class_latents, steered_logits
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -165,3 +165,23 @@ def test_bad_text_token_masks_are_refused(model) -> None:
 def test_bad_return_type_is_a_model_input_error(model, data) -> None:
     with pytest.raises(ModelInputError, match="return_type must be"):
         model(data[0], return_type="logits")
+
+
+def test_bad_latent_edits_raise_steering_errors(model, data) -> None:
+    """Edits that cannot apply say why, instead of truncating floats, indexing latents as
+    positions, or failing with a raw IndexError inside the forward."""
+    x, classifier = data
+    sae = make_sae()
+    with pytest.raises(SteeringError, match=r"latents must be integers, got \[1\.5\]"):
+        LatentEdit([1.5])
+    with pytest.raises(SteeringError, match=r"positions \[17\] are out of range for 17 tokens"):
+        steered_logits(model, x, sae, classifier, [LatentEdit([1], positions=[17])])
+    pooled = make_sae("hook_image_embed", d_in=16)
+    with pytest.raises(SteeringError, match="need a token axis"):
+        steered_logits(model, x, pooled, classifier, [LatentEdit([1], positions=[0])])
+    assert model.acts_to_saes == {}
+    means = torch.rand(6, 64)
+    with pytest.raises(SteeringError, match="needs images of class 3"):
+        class_latents(means, torch.tensor([0, 0, 1, 1, 2, 2]), 3, 4)
+    with pytest.raises(SteeringError, match="n=65 latents requested"):
+        class_latents(means, torch.tensor([0, 0, 1, 1, 2, 2]), 1, 65)

@@ -19,6 +19,19 @@ import torch
 EDIT_MODES = ("ablate", "clamp", "add")
 
 
+class SteeringError(ValueError):
+    """A latent edit or class selection that cannot apply (bad mode, index or position)."""
+
+
+def _int_list(name: str, values: Sequence[int]) -> list[int]:
+    """``values`` as a list of ints; floats and bools are refused (``torch.as_tensor(...,
+    dtype=long)`` would truncate 1.5 to 1 silently)."""
+    out = list(values)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        raise SteeringError(f"{name} must be integers, got {out!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class LatentEdit:
     """``ablate``: set to 0; ``clamp``: set to ``value``; ``add``: add ``value``.
@@ -32,14 +45,21 @@ class LatentEdit:
 
     def __post_init__(self) -> None:
         if self.mode not in EDIT_MODES:
-            raise ValueError(f"edit mode must be one of {EDIT_MODES}, got {self.mode!r}")
+            raise SteeringError(f"edit mode must be one of {EDIT_MODES}, got {self.mode!r}")
+        _int_list("latents", self.latents)
+        if self.positions is not None:
+            _int_list("positions", self.positions)
 
     def hook(self, d_sae: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         idx = torch.as_tensor(list(self.latents), dtype=torch.long)
         if idx.numel() and (idx.min() < 0 or idx.max() >= d_sae):
-            raise ValueError(f"latent indices must be in [0, {d_sae}), got {list(self.latents)}")
+            raise SteeringError(
+                f"latent indices must be in [0, {d_sae}), got {list(self.latents)}"
+            )
 
         def edit(acts: torch.Tensor, hook: Any) -> torch.Tensor:
+            if self.positions is not None:
+                self._check_positions(acts, getattr(hook, "name", None))
             acts = acts.clone()
             sel = acts[..., idx] if self.positions is None else acts[:, self.positions][..., idx]
             if self.mode == "ablate":
@@ -56,6 +76,24 @@ class LatentEdit:
             return acts
 
         return edit
+
+    def _check_positions(self, acts: torch.Tensor, name: str | None) -> None:
+        """Positions index the token axis: refuse pooled hooks (where they would pick latents)
+        and positions beyond the tokens (a raw IndexError inside the forward otherwise)."""
+        where = f" at {name!r}" if name else ""
+        if acts.dim() < 3:
+            raise SteeringError(
+                f"LatentEdit positions={list(self.positions or [])} need a token axis, but the "
+                f"latents{where} have shape {tuple(acts.shape)} (one vector per input); drop "
+                "positions"
+            )
+        n = acts.shape[1]
+        bad = [p for p in self.positions or [] if not -n <= p < n]
+        if bad:
+            raise SteeringError(
+                f"LatentEdit positions {bad} are out of range for {n} tokens{where}; use "
+                f"positions in {-n}..{n - 1} (0 is the CLS token)"
+            )
 
 
 def steered_logits(
@@ -106,6 +144,14 @@ def class_latents(
     ``target``, their mean on the other images."""
     mask = labels == target
     if not mask.any() or mask.all():
-        raise ValueError(f"need images of class {target} and of other classes")
+        raise SteeringError(
+            f"class_latents needs images of class {target} and of other classes; the labels "
+            f"hold {sorted(set(labels.tolist()))}"
+        )
+    if not 0 < n <= latent_means.shape[-1]:
+        raise SteeringError(
+            f"n={n} latents requested, but the SAE has {latent_means.shape[-1]}; use 1.."
+            f"{latent_means.shape[-1]}"
+        )
     score = latent_means[mask].mean(0) - latent_means[~mask].mean(0)
     return torch.topk(score, n).indices
