@@ -136,9 +136,9 @@ class VisionSAETrainingRunner:
         if cfg.resume_from_checkpoint is not None:
             found = resolve_resume_checkpoint(cfg.resume_from_checkpoint, cfg.checkpoint_path)
             if found is None:
-                logger.warning(
-                    f"no complete checkpoint under {cfg.resume_from_checkpoint} yet: starting afresh"
-                )
+                where = cfg.resume_from_checkpoint
+                where = cfg.checkpoint_path if where == "auto" else where
+                logger.warning(f"no complete checkpoint under {where} yet: starting afresh")
             cfg.resume_from_checkpoint = None if found is None else str(found)
         if override_model is not None:
             logger.warning(
