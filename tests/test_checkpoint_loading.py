@@ -123,6 +123,12 @@ def test_missing_tensor(saved: Path, load) -> None:
         ({"dtype": "float33"}, "Invalid dtype: float33"),
         ({"dtype": None}, "no 'dtype' field"),
         ({"k_start": 64}, "k_start=64 exceeds d_sae=32"),
+        ({"k_start": "4"}, r"field 'k_start' must be int, got '4' \(str\)"),
+        ({"apply_b_dec_to_input": "yes"}, "field 'apply_b_dec_to_input' must be bool, got 'yes'"),
+        ({"k_levels": [4.5, 8]}, r"field 'k_levels' must be list\[int\] \| None, got \[4.5, 8\]"),
+        ({"default_k": "x"}, r"field 'default_k' must be int \| None"),
+        ({"reshape_activations": "zzz"}, r"'reshape_activations' must be one of \['none', 'hook_z'\]"),
+        ({"metadata": "x"}, "'metadata' must be a JSON object, got 'x'"),
     ],
 )
 def test_bad_cfg_fields(saved: Path, changes, match) -> None:
@@ -156,3 +162,13 @@ def test_other_architectures_untouched(tmp_path: Path) -> None:
     with pytest.raises(Exception) as exc:
         SAE.load_from_disk(tmp_path)
     assert not isinstance(exc.value, CheckpointError)
+
+
+def test_valid_variants_still_load(saved: Path) -> None:
+    """The type check accepts what SAELens itself writes or accepts: ints for float fields,
+    ``null`` for optional ones, other dtypes, unknown metadata keys."""
+    edit_cfg(saved, k_levels=[4, 8, 32], default_k=None, dtype="float16",
+             metadata={"hook_name": "blocks.0.hook_resid_post", "extra": 1})
+    for load in LOADERS:
+        sae = load(saved)
+        assert sae.cfg.k_levels == [4, 8, 32] and sae.W_enc.dtype == torch.float16

@@ -88,6 +88,17 @@ def test_check_refuses_non_finite_weights(ckpt: Path, capsys, bad: float) -> Non
     assert f"1 non-finite value(s) ({kind}) out of 256" in err
 
 
+def test_check_reports_a_forward_that_raises(ckpt: Path, capsys, monkeypatch) -> None:
+    from msae_plugin.msae.sae import MSAE
+
+    def broken(self, x):
+        raise IndexError("boom")
+
+    monkeypatch.setattr(MSAE, "forward", broken)
+    rc, _, err = run_cli(capsys, "check", str(ckpt))
+    assert rc == 2 and "forward pass on random input fails (IndexError: boom)" in err
+
+
 def test_check_refuses_sae_whose_forward_is_not_finite(ckpt: Path, capsys) -> None:
     tensors = load_file(ckpt / "sae_weights.safetensors")
     tensors["input_scale"] = torch.zeros_like(tensors["input_scale"])  # finite, but x / 0

@@ -108,8 +108,15 @@ def _smoke_forward(sae: object, path: str) -> None:
     d_in = sae.cfg.d_in  # type: ignore[attr-defined]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, d_in, generator=g).to(device=sae.device, dtype=sae.dtype)  # type: ignore[attr-defined]
-    with torch.no_grad():
-        out = sae(x)  # type: ignore[operator]
+    try:
+        with torch.no_grad():
+            out = sae(x)  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the checkpoint is unusable
+        raise CheckpointError(
+            f"the SAE in {path} loads, but its forward pass on random input fails "
+            f"({type(exc).__name__}: {exc}). A cfg.json field probably holds a value the "
+            "architecture cannot use; re-save it from the trained SAE."
+        ) from exc
     if not torch.isfinite(out).all():
         raise CheckpointError(
             f"the SAE in {path} loads, but its forward pass gives NaN/inf on random input "

@@ -105,6 +105,71 @@ def _registered_classes(arch: str, training: bool) -> tuple[type, type]:
     raise CheckpointArchitectureError(f"{SAE_CFG_FILENAME}: {unknown_architecture(arch)}")
 
 
+#: SAELens's annotation of this field omits values its ``__post_init__`` accepts
+#: (``constant_norm_rescale``); SAELens checks it itself
+_LITERALS_LEFT_TO_SAELENS = {"normalize_activations"}
+
+
+def _type_ok(value: Any, tp: Any) -> bool | None:
+    """Whether a JSON value fits annotation ``tp``; ``None`` when ``tp`` is not a simple type
+    this check understands (then the config class decides)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (None,)
+        if not isinstance(value, list):
+            return False
+        oks = [_type_ok(v, item) for v in value]
+        return None if None in oks else all(oks)
+    if origin in (typing.Union, types.UnionType):
+        oks = [_type_ok(value, arg) for arg in typing.get_args(tp)]
+        return True if True in oks else (None if None in oks else False)
+    return None
+
+
+def _describe(tp: Any) -> str:
+    import typing
+
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_field_types(cfg_cls: type, cfg: dict[str, Any], cfg_path: Path) -> None:
+    """Refuse a field of the wrong JSON type (``"k_start": "4"``, ``"apply_b_dec_to_input":
+    "yes"``) by name; the config classes would fail later with an unrelated TypeError or, worse,
+    accept it and fail inside a forward pass."""
+    import dataclasses
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cfg_cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: leave it to the class
+        return
+    for f in dataclasses.fields(cfg_cls):
+        if f.name not in cfg or f.name not in hints or f.name in _LITERALS_LEFT_TO_SAELENS:
+            continue
+        if _type_ok(cfg[f.name], hints[f.name]) is False:
+            raise CheckpointConfigError(
+                f"{cfg_path}: field {f.name!r} must be {_describe(hints[f.name])}, got "
+                f"{cfg[f.name]!r} ({type(cfg[f.name]).__name__}). Fix the value or {_RESAVE}."
+            )
+
+
 def _check_cfg(path: Path, cfg: Any, training: bool) -> tuple[str, Any, type]:
     """Field checks, then the architecture's own config; returns (arch, config, SAE class)."""
     cfg_path = path / SAE_CFG_FILENAME
@@ -140,6 +205,7 @@ def _check_cfg(path: Path, cfg: Any, training: bool) -> tuple[str, Any, type]:
         str_to_dtype(cfg["dtype"])
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointConfigError(f"{cfg_path}: {exc}") from exc
+    _check_field_types(cfg_cls, cfg, cfg_path)
     try:  # the architecture's own from_dict (MSAEConfig's checks included)
         conf = cfg_cls.from_dict(dict(cfg))
     except MSAEConfigError as exc:
@@ -267,6 +333,11 @@ def validate_checkpoint(
     path = Path(path)
     _check_folder(path)
     cfg = read_json_file(path / SAE_CFG_FILENAME, SAE_CFG_FILENAME)
+    if isinstance(cfg, dict) and not isinstance(cfg.get("metadata", {}), dict):
+        raise CheckpointConfigError(
+            f"{path / SAE_CFG_FILENAME}: 'metadata' must be a JSON object, got "
+            f"{cfg['metadata']!r}; {_RESAVE}."
+        )
     if isinstance(cfg, dict):  # pre-6.0 SAELens names, as SAELens's own loader renames them
         from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
 
