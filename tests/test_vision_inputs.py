@@ -48,6 +48,22 @@ def test_bad_tokens_are_refused(model: HookedOpenCLIP) -> None:
         model(torch.ones(0, 8, dtype=torch.long))
 
 
+@pytest.mark.parametrize(
+    "tokens,match",
+    [
+        (torch.full((2, 8), 64), r"token ids must lie in 0\.\.63 .*got 64\.\.64"),
+        (torch.full((2, 8), -1), r"token ids must lie in 0\.\.63"),
+        (torch.ones(2, 8, dtype=torch.uint8), "dtype torch.uint8; token ids must be int64"),
+        (torch.ones(2, 8, dtype=torch.bool), "dtype torch.bool"),
+        (torch.ones(2, 0, dtype=torch.long), "token sequences of length 0"),
+    ],
+)
+def test_bad_token_ids_are_refused(model: HookedOpenCLIP, tokens, match: str) -> None:
+    """These used to fail inside nn.Embedding / argmax with a raw IndexError or RuntimeError."""
+    with pytest.raises(TextInputError, match=match):
+        model(tokens)
+
+
 def test_preprocess_converts_every_common_form(model: HookedOpenCLIP) -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)

@@ -39,6 +39,22 @@ class HookedTextTower(_Borrowing):
             )
         if text.shape[0] == 0:
             raise TextInputError("empty text batch: pass at least one tokenized caption")
+        if text.shape[1] == 0:
+            raise TextInputError(
+                "token sequences of length 0: tokenize captions with model.to_tokens(...)"
+            )
+        if text.dtype not in (torch.int32, torch.int64):
+            raise TextInputError(
+                f"text tokens have dtype {text.dtype}; token ids must be int64 (or int32): "
+                "tokenize with model.to_tokens(...) or convert with tokens.long()"
+            )
+        vocab = int(self.borrowed.token_embedding.num_embeddings)
+        if text.min() < 0 or text.max() >= vocab:
+            raise TextInputError(
+                f"token ids must lie in 0..{vocab - 1} (the text tower's vocabulary), got "
+                f"{int(text.min())}..{int(text.max())}; tokenize with this model's tokenizer "
+                "(model.to_tokens(...))"
+            )
         if text.shape[1] > self.context_length:
             raise TextInputError(
                 f"token sequence of length {text.shape[1]} exceeds the text tower's context length "
