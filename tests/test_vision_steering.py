@@ -12,7 +12,13 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from msae_plugin.errors import ModelInputError, SAEModelMismatchError, UnknownHookError
 from msae_plugin.vision.hooked_clip import HookedOpenCLIP
-from msae_plugin.vision.steering import LatentEdit, SteeringError, class_latents, steered_logits
+from msae_plugin.vision.steering import (
+    LatentEdit,
+    SteeringError,
+    class_latents,
+    image_latent_means,
+    steered_logits,
+)
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -185,3 +191,19 @@ def test_bad_latent_edits_raise_steering_errors(model, data) -> None:
         class_latents(means, torch.tensor([0, 0, 1, 1, 2, 2]), 3, 4)
     with pytest.raises(SteeringError, match="n=65 latents requested"):
         class_latents(means, torch.tensor([0, 0, 1, 1, 2, 2]), 1, 65)
+
+
+@pytest.mark.parametrize("hook,d_in", [(HOOK, 32), ("hook_image_embed", 16),
+                                       ("blocks.1.attn.hook_q", 32)])
+def test_image_latent_means_per_image(model, data, hook: str, d_in: int) -> None:
+    """One row of latents per image: the token mean for token hooks, the latents themselves for
+    the pooled embedding (which used to be averaged over the latents, giving one number)."""
+    x, _ = data
+    sae = make_sae(hook, d_in=d_in)
+    got = image_latent_means(model, sae, x, batch_size=3)
+    _, cache = model.run_with_cache(x, names_filter=[hook])
+    acts = cache[hook].flatten(2) if cache[hook].dim() == 4 else cache[hook]
+    latents = sae.encode(acts)
+    expected = latents.mean(dim=1) if latents.dim() == 3 else latents
+    assert got.shape == (4, 64)
+    torch.testing.assert_close(got, expected)

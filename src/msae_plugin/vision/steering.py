@@ -133,7 +133,9 @@ def image_latent_means(
             acts = cache[hook_name]
             if acts.dim() == 4:  # attention q/k/v/z: flatten heads as SAELens does
                 acts = acts.flatten(-2)
-            out.append(sae.encode(acts.to(sae.dtype)).mean(dim=1))
+            latents = sae.encode(acts.to(sae.dtype))
+            # pooled hooks (hook_image_embed, hook_ln_post after pooling) have no token axis
+            out.append(latents.mean(dim=1) if latents.dim() == 3 else latents)
     return torch.cat(out)
 
 
