@@ -34,6 +34,7 @@ def model() -> HookedOpenCLIP:
         (torch.rand(0, 3, 16, 16), "empty image batch"),
         (np.zeros((2, 16, 16, 3), dtype=np.uint8), "got ndarray"),
         (torch.full((1, 3, 16, 16), float("nan")), "NaN"),
+        (torch.ones(8, dtype=torch.long), r"integer text tokens must be \[batch, seq\]"),
     ],
 )
 def test_bad_images_are_refused(model: HookedOpenCLIP, bad, match: str) -> None:

@@ -35,8 +35,11 @@ def check_images(images: Any, image_size: tuple[int, int]) -> None:
             f"{_FIX}"
         )
     if images.dim() != 4:
+        tokens = "" if images.is_floating_point() else (
+            "; integer text tokens must be [batch, seq] (model.to_tokens(...))"
+        )
         raise ImageInputError(
-            f"images must have shape [batch, 3, H, W], got {tuple(images.shape)}"
+            f"images must have shape [batch, 3, H, W], got {tuple(images.shape)}{tokens}"
         )
     if images.shape[0] == 0:
         raise ImageInputError("empty image batch: pass at least one image")
