@@ -115,7 +115,7 @@ def test_stop_at_layer_in_range_counts_blocks(model: HookedOpenCLIP, tower: str)
     pre = "blocks.0.hook_resid_pre" if tower == "image" else "text.blocks.0.hook_resid_pre"
     post = pre.replace("resid_pre", "resid_post")
     _, cache = model.run_with_cache(x, names_filter=[pre, post])
-    for stop, name in ((0, pre), (-1, pre), (1, post)):
+    for stop, name in ((0, pre), (-1, pre), (1, post), (np.int64(1), post)):
         torch.testing.assert_close(model(x, stop_at_layer=stop), cache[name])
 
 

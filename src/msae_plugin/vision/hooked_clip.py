@@ -13,6 +13,7 @@ Hook names: the image tower uses TransformerLens's vocabulary at the top level (
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -311,7 +312,7 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
             return  # (a missing text tower gets its own error when the tower runs)
         n = self._n_layers()[tower]
         what = f"the {tower} tower's {n} blocks"
-        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int):
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, numbers.Integral):
             raise ModelInputError(
                 f"stop_at_layer must be an int or None, got {type(stop_at_layer).__name__} "
                 f"{stop_at_layer!r}; pass an int in -{n}..{n} for {what}"
