@@ -310,3 +310,39 @@ def test_demo_has_one_home() -> None:
     for old in ("msae_plugin.vision_demo",):
         assert importlib.util.find_spec(old) is None
     assert pickle.loads(pickle.dumps(demo.DemoConfig())) == demo.DemoConfig()
+
+
+def test_check_vision_training_checkpoint(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A checkpoint written by the vision runner passes, including the trainer's own
+    validate_training_checkpoint; then one damaged provider field is named."""
+    from open_clip.model import CLIP
+
+    from msae_plugin.msae.config import MSAETrainingSAEConfig
+    from msae_plugin.vision.hooked_clip import HookedOpenCLIP
+    from msae_plugin.vision.training import VisionSAERunnerConfig, VisionSAETrainingRunner
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    torch.manual_seed(0)
+    clip = CLIP(embed_dim=16, vision_cfg=dict(image_size=16, patch_size=8, width=32, layers=1,
+                                              head_width=16),
+                text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1))
+    model = HookedOpenCLIP(clip.eval(), model_name="tiny-test").eval()
+    cfg = VisionSAERunnerConfig(
+        sae=MSAETrainingSAEConfig(d_in=32, d_sae=64, k_start=4), model_name="tiny-test",
+        hook_name="blocks.0.hook_resid_post", dataset_path="msae-digits",
+        dataset_kwargs={"images_per_epoch": 256}, token_selection="all", training_tokens=640,
+        train_batch_size_tokens=64, store_batch_size_images=16, n_batches_in_buffer=2,
+        n_batches_for_norm_estimate=2, n_eval_batches=1, n_checkpoints=1,
+        checkpoint_path=str(tmp_path / "ckpt"), output_path=str(tmp_path / "out"), seed=0,
+        verbose=False)
+    VisionSAETrainingRunner(cfg, override_model=model).run()
+    (folder,) = [p for p in (tmp_path / "ckpt").rglob("vision_provider_state.json")]
+    folder = folder.parent
+    rc, out, err = run_cli(capsys, "check", str(folder))
+    assert rc == 0, err
+    assert "vision_provider_state.json" in out and "training checkpoint: step" in out
+    state = json.loads((folder / "vision_provider_state.json").read_text())
+    del state["images_consumed"]
+    (folder / "vision_provider_state.json").write_text(json.dumps(state))
+    rc, _, err = run_cli(capsys, "check", str(folder))
+    assert rc == 2 and "vision_provider_state.json lacks images_consumed" in err
