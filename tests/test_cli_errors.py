@@ -222,6 +222,8 @@ def test_debug_flag_and_env_show_the_traceback(monkeypatch, capsys) -> None:
     _raise_from_check(monkeypatch, CheckpointError("bad"))
     with pytest.raises(CheckpointError, match="bad"):
         main(["--debug", "check", "x"])
+    with pytest.raises(CheckpointError, match="bad"):
+        main(["check", "x", "--debug"])
     monkeypatch.setenv("MSAE_DEBUG", "1")
     with pytest.raises(CheckpointError, match="bad"):
         main(["check", "x"])

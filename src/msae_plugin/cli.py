@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMANDS.values():
+    for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
+        # also accepted after the sub-command (`msae check PATH --debug`); SUPPRESS keeps a
+        # `msae --debug check` from being reset to False by the sub-parser's default
+        sub.choices[name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show the full traceback of known errors too")
     return parser
 
 
