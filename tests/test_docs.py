@@ -278,3 +278,25 @@ def test_paths_named_in_shell_blocks_exist() -> None:
         if not (ROOT / path).exists()
     ]
     assert not missing, "\n".join(missing)
+
+
+ANY_PATH_RE = re.compile(
+    r"(?<![\w/.-])((?:scripts|benchmarks|configs|tests|src|docs)/[\w./-]*[\w/])(?P<glob>[*{]?)"
+)
+
+
+def test_repository_paths_named_in_the_docs_exist() -> None:
+    """`tests/test_runners.py`, `scripts/train_embedded_clip.py`... anywhere on a page: renamed
+    or deleted files must not leave the docs pointing at nothing (``x_*.json`` globs must match)."""
+    missing, seen = [], 0
+    for page in PAGES:
+        for m in ANY_PATH_RE.finditer(page.read_text(encoding="utf-8")):
+            path, seen = m[1], seen + 1
+            if m["glob"] == "*":
+                ok = any(ROOT.glob(path + "*"))
+            else:
+                ok = m["glob"] == "{" or (ROOT / path).exists() or (page.parent / path).exists()
+            if not ok:
+                missing.append(f"{page.relative_to(ROOT)}: {path}{m['glob']}")
+    assert seen >= 20
+    assert not missing, "\n".join(missing)
