@@ -113,6 +113,8 @@ def test_check_refuses_sae_whose_forward_is_not_finite(ckpt: Path, capsys) -> No
     [
         (lambda p: p.rename(p.parent / "gone"), "checkpoint folder .* does not exist"),
         (lambda p: (p / "cfg.json").unlink(), "cfg.json is missing from"),
+        (lambda p: [(p / "cfg.json").unlink(), (p / "cfg.json").mkdir()],
+         "cfg.json is a folder, not a file"),
         (lambda p: (p / "cfg.json").write_text("{"), "cfg.json is not valid JSON"),
         (lambda p: (p / "sae_weights.safetensors").write_bytes(b"\x00" * 10),
          "sae_weights.safetensors cannot be read as safetensors"),

@@ -82,6 +82,8 @@ def _check_folder(path: Path) -> None:
         )
     for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME):
         p = path / name
+        if p.exists() and not p.is_file():
+            raise _fail(f"{p} is a folder, not a file. Move it away and restore {name}.")
         if not p.is_file():
             raise _fail(
                 f"{name} is missing from {path}. The checkpoint is incomplete; re-save it or "
