@@ -66,6 +66,30 @@ def test_good_checkpoint_loads_through_every_loader(saved: Path) -> None:
             assert torch.equal(sae.state_dict()[k], v), k
 
 
+def test_loader_options_pass_through(saved: Path) -> None:
+    """SAELens's own parameters, by position or by name, reach the MSAE loader."""
+    assert SAE.load_from_disk(saved, "cpu", "float64").W_enc.dtype == torch.float64
+    sae = TrainingSAE.load_from_disk(saved, device="cpu", dtype="float16")
+    assert type(sae) is MSAETrainingSAE and sae.W_dec.dtype == torch.float16
+
+
+def test_custom_converter_skips_the_layout_checks(saved: Path) -> None:
+    """A converter reads its own layout: the SAELens-layout checks must not refuse it."""
+    from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader
+
+    (saved / "cfg.json").rename(saved / "config.json")
+
+    def converter(path, device, cfg_overrides=None):
+        (Path(path) / "config.json").rename(Path(path) / "cfg.json")
+        try:
+            return sae_lens_disk_loader(path, device, cfg_overrides)
+        finally:
+            (Path(path) / "cfg.json").rename(Path(path) / "config.json")
+
+    for load in (SAE.load_from_disk, MSAE.load_from_disk):
+        assert type(load(saved, converter=converter)) is MSAE
+
+
 @pytest.mark.parametrize("load", LOADERS, ids=IDS)
 def test_truncated_weights(saved: Path, load) -> None:
     w = saved / "sae_weights.safetensors"

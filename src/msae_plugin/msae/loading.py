@@ -21,6 +21,7 @@ call runs SAELens's original code unchanged.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def checked_load(cls: Any, super_load: Any, path: str | Path, **kwargs: Any) -> 
     """Validate the folder for ``cls`` (training or inference class), then ``super_load``."""
     from sae_lens.saes.sae import TrainingSAE
 
-    validate_checkpoint(path, training=issubclass(cls, TrainingSAE))
+    if _default_converter(kwargs.get("converter")):  # a custom converter reads its own layout
+        validate_checkpoint(path, training=issubclass(cls, TrainingSAE))
     try:
         return super_load(path, **kwargs)
     except CheckpointError:
@@ -45,6 +47,12 @@ def checked_load(cls: Any, super_load: Any, path: str | Path, **kwargs: Any) -> 
             f"weights in {path} do not match its cfg.json ({exc}). The checkpoint was edited or "
             "mixed from two runs; re-save it from the trained SAE."
         ) from exc
+
+
+def _default_converter(converter: Any) -> bool:
+    from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader
+
+    return converter is None or converter is sae_lens_disk_loader
 
 
 def _own_loader(cls: type, path: str | Path) -> type | None:
@@ -92,11 +100,16 @@ def install_base_loader_dispatch() -> None:
     if getattr(current.__func__, _MARK, False):
         return
     original = current.__func__
+    signature = inspect.signature(original)
 
     def load_from_disk(cls: Any, path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        target = _own_loader(cls, path)
+        # SAELens's parameters by name (device, dtype, converter, fold_W_dec_norm), so that a
+        # positional call reaches an override that takes keywords only
+        bound = signature.bind(cls, path, *args, **kwargs).arguments
+        options = {k: v for k, v in bound.items() if k not in ("cls", "path")}
+        target = _own_loader(cls, path) if _default_converter(options.get("converter")) else None
         if target is not None:
-            return target.load_from_disk(path, *args, **kwargs)
+            return target.load_from_disk(path, **options)
         return original(cls, path, *args, **kwargs)
 
     load_from_disk.__wrapped__ = original  # type: ignore[attr-defined]
