@@ -196,3 +196,20 @@ def test_valid_variants_still_load(saved: Path) -> None:
     for load in LOADERS:
         sae = load(saved)
         assert sae.cfg.k_levels == [4, 8, 32] and sae.W_enc.dtype == torch.float16
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch + sae_lens
+def test_fresh_interpreter_without_importing_the_plugin(saved: Path) -> None:
+    """The user's case: only `from sae_lens import SAE` (the plugin activates itself)."""
+    import subprocess
+    import sys
+
+    w = saved / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-50])
+    code = ("from sae_lens import SAE\n"
+            f"try:\n    SAE.load_from_disk({str(saved)!r})\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.startswith("CheckpointError "), proc.stdout + proc.stderr
+    assert "sae_weights.safetensors cannot be read as safetensors" in proc.stdout
