@@ -280,6 +280,13 @@ def test_demo_checks_before_work(tmp_path: Path, monkeypatch, capsys) -> None:
     assert rc == 2 and f"{blocker} is a file, not a folder" in err
     rc, _, err = run_cli(capsys, "demo", "--synthetic", "--out", str(blocker))
     assert rc == 2 and f"--out {blocker} is a file, not a folder" in err
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "msae_vision_checkpoint").write_text("in the way")
+    rc, _, err = run_cli(capsys, "demo", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "msae_vision_checkpoint is a file, but the command writes a folder" in err
+    (tmp_path / "o" / "msae_demo_metrics.json").mkdir()
+    rc, _, err = run_cli(capsys, "demo", "--synthetic", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "msae_demo_metrics.json is a folder, but the command writes a file" in err
     rc, _, err = run_cli(capsys, "demo", "--tokens", "5", "--out", str(tmp_path / "o"))
     assert rc == 2 and "--tokens 5 is less than one training batch; pass at least 4096" in err
     rc, _, err = run_cli(capsys, "demo", "--synthetic", "--samples", "10", "--out",

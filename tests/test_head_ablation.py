@@ -340,3 +340,6 @@ def test_cli_output_under_a_file_fails_before_work(tmp_path, capsys, monkeypatch
     assert f"--out {blocker} is a file, not a folder" in capsys.readouterr().err
     assert main(["ablate-heads", "--device", "nonsense", "--out", str(tmp_path / "o")]) == 2
     assert "--device 'nonsense' is not a torch device name" in capsys.readouterr().err
+    (tmp_path / "o2" / "heads_mean.png").mkdir(parents=True)
+    assert main(["ablate-heads", "--mode", "mean", "--out", str(tmp_path / "o2")]) == 2
+    assert "heads_mean.png is a folder, but the command writes a file" in capsys.readouterr().err

@@ -104,3 +104,24 @@ def resolve_device(name: str | None, option: str = "--device") -> str:
             f"{option} {name!r}: MPS is not available on this machine. Use --device cpu."
         )
     return name
+
+
+def check_output_entries(folder: Path, files: tuple[str, ...] = (), folders: tuple[str, ...] = (),
+                         option: str = "--out") -> None:
+    """Refuse, before the work starts, an output ``folder`` in which a file the command will
+    write is a folder (or a sub-folder it will write into is a file): the write would fail only
+    at the end, after the compute."""
+    for name in files:
+        target = folder / name
+        if target.exists() and not target.is_file():
+            raise OutputPathError(
+                f"{option} {folder}: {target} is a folder, but the command writes a file there. "
+                "Move it away or pass another --out."
+            )
+    for name in folders:
+        target = folder / name
+        if target.exists() and not target.is_dir():
+            raise OutputPathError(
+                f"{option} {folder}: {target} is a file, but the command writes a folder there. "
+                "Move it away or pass another --out."
+            )

@@ -46,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
     """Errors a user can fix raise the project's exception classes; ``msae_plugin.cli.main``
     prints them as ``error: ...`` on stderr with exit status 2. Everything that can be checked
     cheaply (numbers in argparse, the output folder here) is checked before the model loads."""
-    from msae_plugin.commands._common import prepare_output_dir, resolve_device
+    from msae_plugin.commands._common import (
+        check_output_entries,
+        prepare_output_dir,
+        resolve_device,
+    )
     from msae_plugin.embedded.dataset import make_digit_scenes, normalize
     from msae_plugin.embedded.zero_shot import build_zero_shot_classifier
     from msae_plugin.errors import UnsupportedModelError
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
 
     out = prepare_output_dir(args.out)
+    stem = f"heads_{args.mode}"
+    check_output_entries(out, files=(f"{stem}.md", f"{stem}.json", f"{stem}.png"))
     device = resolve_device(args.device)
     model = HookedOpenCLIP.from_pretrained(args.model, pretrained=args.pretrained, device=device)
     if model.text is None:
@@ -76,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     res.extra.update({"split": args.split, "seed": args.seed, "device": device,
                       "pretrained": args.pretrained})
 
-    stem = f"heads_{args.mode}"
     md = res.to_markdown(top=args.top)
     (out / f"{stem}.md").write_text(md)
     res.to_json(out / f"{stem}.json")

@@ -33,13 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msae_plugin.commands._common import prepare_output_dir
+    from msae_plugin.commands._common import check_output_entries, prepare_output_dir
     from msae_plugin.errors import MSAEConfigError
 
     if args.synthetic:
-        from msae_plugin.demo.synthetic import DemoConfig, run_demo
+        from msae_plugin.demo import synthetic
 
-        cfg = DemoConfig(out_dir=args.out, seed=args.seed)
+        cfg = synthetic.DemoConfig(out_dir=args.out, seed=args.seed)
         if args.samples is not None:
             if args.samples < cfg.batch_size:
                 raise MSAEConfigError(
@@ -47,13 +47,14 @@ def run(args: argparse.Namespace) -> int:
                     f"{cfg.batch_size}."
                 )
             cfg.training_samples = args.samples
-        prepare_output_dir(args.out)
-        run_demo(cfg)
+        out = prepare_output_dir(args.out)
+        check_output_entries(out, files=synthetic.OUTPUT_FILES, folders=synthetic.OUTPUT_FOLDERS)
+        synthetic.run_demo(cfg)
         return 0
 
-    from msae_plugin.demo.vision import VisionDemoConfig, run_vision_demo
+    from msae_plugin.demo import vision
 
-    vcfg = VisionDemoConfig(out_dir=args.out, seed=args.seed)
+    vcfg = vision.VisionDemoConfig(out_dir=args.out, seed=args.seed)
     if args.tokens is not None:
         if args.tokens < vcfg.train_batch_size_tokens:
             raise MSAEConfigError(
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{vcfg.train_batch_size_tokens}."
             )
         vcfg.training_tokens = args.tokens
-    prepare_output_dir(args.out)
-    run_vision_demo(vcfg)
+    out = prepare_output_dir(args.out)
+    check_output_entries(out, files=vision.OUTPUT_FILES, folders=vision.OUTPUT_FOLDERS)
+    vision.run_vision_demo(vcfg)
     return 0

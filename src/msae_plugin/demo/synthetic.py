@@ -19,6 +19,12 @@ from typing import Any
 
 import torch
 
+#: what the demo writes into ``out_dir`` (checked by ``msae demo`` before it starts)
+TRADEOFF_PNG, METRICS_JSON, CHECKPOINT_DIR = (
+    "msae_demo_tradeoff.png", "msae_demo_metrics.json", "msae_checkpoint")
+OUTPUT_FILES = (TRADEOFF_PNG, METRICS_JSON)
+OUTPUT_FOLDERS = (CHECKPOINT_DIR,)
+
 
 @dataclass
 class DemoConfig:
@@ -96,7 +102,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         )
     )
     msae = _train(msae, model, cfg, f"MSAE (ladder {list(msae.cfg.ladder)})")
-    ckpt = out / "msae_checkpoint"
+    ckpt = out / CHECKPOINT_DIR
     msae.save_inference_model(ckpt)
     loaded = SAE.load_from_disk(ckpt)  # plain SAELens loading, by registry name
     print(f"\nsaved and reloaded {ckpt} as {type(loaded).__name__} via sae_lens.SAE.load_from_disk")
@@ -133,7 +139,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     png = plot_sparsity_tradeoff(
         {"MSAE (one model, all k)": msae_results, f"TopK k={cfg.topk_k}": topk_results},
-        out / "msae_demo_tradeoff.png",
+        out / TRADEOFF_PNG,
         title="MSAE on SAELens synthetic hierarchical data",
     )
     summary = {
@@ -143,6 +149,6 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         "mcc": {"msae": mcc, "topk": topk_mcc},
         "seconds": time.perf_counter() - t0,
     }
-    (out / "msae_demo_metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nwrote {png} and {out / 'msae_demo_metrics.json'} in {summary['seconds']:.0f} s")
+    (out / METRICS_JSON).write_text(json.dumps(summary, indent=2))
+    print(f"\nwrote {png} and {out / METRICS_JSON} in {summary['seconds']:.0f} s")
     return summary

@@ -18,6 +18,13 @@ from typing import Any
 
 import torch
 
+#: what the demo writes into ``out_dir`` (checked by ``msae demo`` before it starts)
+TRADEOFF_PNG, ZERO_SHOT_PNG, METRICS_JSON = (
+    "msae_vision_tradeoff.png", "msae_vision_zero_shot.png", "msae_vision_metrics.json")
+CHECKPOINTS_DIR, CHECKPOINT_DIR = "checkpoints", "msae_vision_checkpoint"
+OUTPUT_FILES = (TRADEOFF_PNG, ZERO_SHOT_PNG, METRICS_JSON)
+OUTPUT_FOLDERS = (CHECKPOINTS_DIR, CHECKPOINT_DIR)
+
 
 @dataclass
 class VisionDemoConfig:
@@ -61,8 +68,8 @@ def _runner_config(cfg: VisionDemoConfig, d_in: int) -> Any:
             "lr_end": cfg.lr / 10,
             "n_batches_for_norm_estimate": 8,
             "n_eval_batches": 4,
-            "checkpoint_path": str(Path(cfg.out_dir) / "checkpoints"),
-            "output_path": str(Path(cfg.out_dir) / "msae_vision_checkpoint"),
+            "checkpoint_path": str(Path(cfg.out_dir) / CHECKPOINTS_DIR),
+            "output_path": str(Path(cfg.out_dir) / CHECKPOINT_DIR),
             "seed": cfg.seed,
             "device": "cpu",
         }
@@ -139,10 +146,10 @@ def run_vision_demo(cfg: VisionDemoConfig | None = None) -> dict[str, Any]:
                   f"(kept {100 * value['kept']:.1f} %)")
 
     png1 = plot_sparsity_tradeoff(
-        {"MSAE (one model, all k)": recon}, out / "msae_vision_tradeoff.png",
+        {"MSAE (one model, all k)": recon}, out / TRADEOFF_PNG,
         title=f"MSAE on msae-tiny-clip {cfg.hook_name} (patch tokens)",
     )
-    png2 = plot_zero_shot_kept(zs, recon, out / "msae_vision_zero_shot.png")
+    png2 = plot_zero_shot_kept(zs, recon, out / ZERO_SHOT_PNG)
     summary = {
         "config": asdict(cfg),
         "reconstruction": recon,
@@ -150,7 +157,7 @@ def run_vision_demo(cfg: VisionDemoConfig | None = None) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "msae_vision_metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nwrote {png1}, {png2} and {out / 'msae_vision_metrics.json'} "
+    (out / METRICS_JSON).write_text(json.dumps(summary, indent=2))
+    print(f"\nwrote {png1}, {png2} and {out / METRICS_JSON} "
           f"in {summary['seconds']:.0f} s")
     return summary
