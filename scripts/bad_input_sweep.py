@@ -111,6 +111,16 @@ def _nan_weights(path: Path) -> None:
     save_file(tensors, str(path / "sae_weights.safetensors"))
 
 
+def _evil_trainer_state(evil: Path) -> Callable[[Path], None]:
+    """A training checkpoint whose trainer state is a pickle that would run a command."""
+
+    def mutate(path: Path) -> None:
+        (path / "trainer_state.pt").write_bytes(evil.read_bytes())
+        (path / "activation_scaler.json").write_text("{}")
+
+    return mutate
+
+
 def _truncate(path: Path) -> None:
     data = (path / "sae_weights.safetensors").read_bytes()
     (path / "sae_weights.safetensors").write_bytes(data[: len(data) // 2])
@@ -192,6 +202,7 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("check: NaN weights", ["check", _checkpoint(tmp, "c_nan", _nan_weights)]),
         ("check: truncated weights", ["check", _checkpoint(tmp, "c_trunc", _truncate)]),
         ("check: garbage cfg.json", ["check", _checkpoint(tmp, "c_garbage", lambda p: (p / "cfg.json").write_text("{]"))]),
+        ("check: malicious trainer_state.pt", ["check", _checkpoint(tmp, "c_evil", _evil_trainer_state(evil))]),
         ("check: weights missing", ["check", _checkpoint(tmp, "c_now", lambda p: (p / "sae_weights.safetensors").unlink())]),
     ]
     ablate = [

@@ -272,16 +272,6 @@ def test_cli_ablate_heads_writes_table_json_and_heatmap(tmp_path, capsys, monkey
     assert "error: layer 9 is out of range" in capsys.readouterr().err
 
 
-def _embedded_available() -> bool:
-    try:
-        from msae_plugin.embedded import load_embedded_clip  # noqa: F401
-        from msae_plugin.embedded.model import default_weights_path
-    except ImportError:
-        return False
-    return default_weights_path().is_file()
-
-
-@pytest.mark.skipif(not _embedded_available(), reason="embedded msae-tiny-clip weights missing")
 def test_scan_on_the_trained_embedded_model() -> None:
     from msae_plugin.embedded import load_embedded_clip
     from msae_plugin.embedded.dataset import make_digit_scenes, normalize

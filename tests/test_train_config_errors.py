@@ -198,3 +198,10 @@ def test_output_paths_are_created_before_training(tmp_path: Path, monkeypatch) -
         VisionSAETrainingRunner(VisionSAERunnerConfig.from_dict(cfg))
     assert loads == ["load"]
     assert (tmp_path / "a" / "out").is_dir() and (tmp_path / "b" / "ck").is_dir()
+
+
+def test_config_path_that_is_a_folder_or_missing(tmp_path: Path) -> None:
+    with pytest.raises(VisionConfigError, match="is a folder; pass the JSON/YAML file inside it"):
+        VisionSAERunnerConfig.from_file(tmp_path)
+    with pytest.raises(VisionConfigError, match="does not exist"):
+        VisionSAERunnerConfig.from_file(tmp_path / "missing.json")

@@ -816,12 +816,9 @@ def test_bad_inputs_have_clear_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_example_config_trains_on_the_embedded_model(tmp_path: Path) -> None:
     """configs/vision_msae_tiny.json, shortened, on msae-tiny-clip (needs its shipped weights)."""
-    try:
-        from msae_plugin.embedded.model import default_weights_path
-    except ImportError:  # pragma: no cover - the embedded package is missing
-        pytest.skip("msae_plugin.embedded is not available")
-    if not default_weights_path().is_file():
-        pytest.skip("the msae-tiny-clip weights are not built yet")
+    from msae_plugin.embedded.model import default_weights_path
+
+    assert default_weights_path().is_file(), "the shipped msae-tiny-clip weights are missing"
     root = Path(__file__).resolve().parents[1]
     cfg = VisionSAERunnerConfig.from_file(
         root / "configs" / "vision_msae_tiny.json",

@@ -92,8 +92,8 @@ def load_activation(path: Path):
     import torch
 
     from msae_plugin.errors import QueryActivationError
-    from msae_plugin.inversionview.checkpoint import load_torch_file
     from msae_plugin.inversionview.preimage import check_query
+    from msae_plugin.safe_load import load_torch_file
 
     if not path.is_file():
         raise QueryActivationError(f"--activation {path} does not exist or is not a file")

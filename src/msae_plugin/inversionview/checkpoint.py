@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from msae_plugin.errors import CheckpointError, UnsafeCheckpointError
 from msae_plugin.inversionview.decoder import DecoderConfig, InversionViewDecoder
 
 WEIGHTS = "decoder.safetensors"
@@ -133,38 +131,3 @@ def load_decoder(
     return decoder.eval(), meta
 
 
-def load_torch_file(path: str | Path, action: str, fix: str) -> Any:
-    """``torch.load`` for files from disk, tensors-only (``weights_only=True``): tensors, numbers,
-    strings and plain containers are unpickled, nothing else, so a crafted file cannot run code.
-
-    A file that wants other Python objects raises :class:`UnsafeCheckpointError` naming them;
-    an unreadable one a :class:`CheckpointError`. ``action`` completes "cannot ..." (e.g.
-    ``"resume from"``) and ``fix`` is the sentence telling the user what to do. Torch's own
-    message is not passed on for refused pickles: it suggests ``weights_only=False``, exactly
-    what must not be done with an untrusted file."""
-    path = Path(path)
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        unsafe = _unsafe_globals(path, exc)
-        if unsafe:
-            raise UnsafeCheckpointError(
-                f"refusing to {action} {path}: it holds pickled Python objects other than "
-                f"tensors and plain containers ({', '.join(unsafe)}), and loading it could run "
-                f"arbitrary code. {fix} (never load it with weights_only=False)."
-            ) from None
-        raise CheckpointError(
-            f"cannot {action} {path}: it is corrupt or not a file written by torch.save. {fix}."
-        ) from None
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot {action} {path} ({exc}). {fix}.") from exc
-
-
-def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
-    """Names of the Python callables a refused pickle wanted to import (empty when the file is
-    merely corrupt): torch lists them for its zip format; for a bare pickle its error says
-    "GLOBAL"."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a torch zip file: fall back to the unpickler's message
-        return ["a Python global"] if "global" in str(exc).lower() else []

@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from msae_plugin.errors import CheckpointError
-from msae_plugin.inversionview.checkpoint import load_torch_file
 from msae_plugin.inversionview.decoder import InversionViewDecoder
 from msae_plugin.inversionview.preimage import hook_block, select_site, split_site
+from msae_plugin.safe_load import load_torch_file
 
 
 @dataclass

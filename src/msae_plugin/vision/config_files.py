@@ -185,6 +185,11 @@ def _yaml_loader() -> Any:
 def load_config_dict(path: str | Path) -> dict[str, Any]:
     """Read a JSON / YAML config file into a dict."""
     path = Path(path)
+    if path.is_dir():
+        raise VisionConfigError(
+            f"config file {path} is a folder; pass the JSON/YAML file inside it "
+            "(e.g. configs/vision_msae_tiny.json)"
+        )
     if not path.is_file():
         raise VisionConfigError(f"config file {path} does not exist")
     text = path.read_text()

@@ -18,8 +18,6 @@ with :class:`~msae_plugin.errors.CheckpointError` instead of being executed.
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from msae_plugin.atomic_io import atomic_directory, is_temporary, remove_temporaries
-from msae_plugin.errors import CheckpointError, UnsafeCheckpointError
+from msae_plugin.errors import CheckpointError
+from msae_plugin.safe_load import load_torch_file
 from msae_plugin.vision.activations import PROVIDER_STATE_FILENAME
 
 #: every file a complete vision training checkpoint holds
@@ -80,21 +79,11 @@ def load_trainer_state(path: str | Path, device: str | torch.device = "cpu") -> 
     file = Path(path) / TRAINER_STATE_FILENAME
     if not file.is_file():
         raise CheckpointError(f"{file} is missing. {_INCOMPLETE_FIX}")
-    try:
-        state = torch.load(file, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it names {found.group(1)})" if found else ""
-        raise UnsafeCheckpointError(
-            f"refusing to load {file}: it holds Python objects other than tensors and plain "
-            f"data{what}, which could run code when unpickled. Only resume from checkpoints "
-            "you wrote yourself with `msae train`; delete this one."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{file} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
-            f"{_INCOMPLETE_FIX}"
-        ) from None
+    state = load_torch_file(
+        file, "load", "Only resume from checkpoints you wrote yourself with `msae train`: delete "
+        "this one, or resume with `--resume` alone to use the newest complete checkpoint",
+        map_location=device,
+    )
     missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{file} lacks {missing}. {_INCOMPLETE_FIX}")
