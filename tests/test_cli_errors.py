@@ -7,6 +7,7 @@ Bugs (any other exception) keep their traceback. ``--debug`` / ``MSAE_DEBUG=1`` 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -365,3 +366,16 @@ def test_check_vision_training_checkpoint(tmp_path: Path, capsys, monkeypatch) -
     (folder / "vision_provider_state.json").write_text(json.dumps(state))
     rc, _, err = run_cli(capsys, "check", str(folder))
     assert rc == 2 and "vision_provider_state.json lacks images_consumed" in err
+
+
+def test_closed_pipe_is_not_a_traceback() -> None:
+    """`msae plugins | head -0`: the reader is gone before we write; exit like a SIGPIPE'd Unix
+    tool (141), no 'Exception ignored ... BrokenPipeError' and no traceback."""
+    cmd = [str(MSAE_BIN)] if MSAE_BIN.exists() else [sys.executable, "-m", "msae_plugin.cli"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read
+    proc = subprocess.run([*cmd, "plugins"], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr

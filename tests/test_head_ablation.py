@@ -333,3 +333,24 @@ def test_cli_output_under_a_file_fails_before_work(tmp_path, capsys, monkeypatch
     (tmp_path / "o2" / "heads_mean.png").mkdir(parents=True)
     assert main(["ablate-heads", "--mode", "mean", "--out", str(tmp_path / "o2")]) == 2
     assert "heads_mean.png is a folder, but the command writes a file" in capsys.readouterr().err
+
+
+def test_cli_warns_when_an_openclip_model_has_no_pretrained_weights(tmp_path, capsys,
+                                                                     monkeypatch) -> None:
+    """open_clip gives random weights without a tag: say so before a long scan of noise."""
+    import msae_plugin.vision.hooked_clip as hc
+    from msae_plugin.cli import main
+
+    class _Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise _Stop()
+
+    monkeypatch.setattr(hc.HookedOpenCLIP, "from_pretrained", stop)
+    with pytest.raises(_Stop):
+        main(["ablate-heads", "--model", "ViT-B-32", "--out", str(tmp_path / "o")])
+    assert "--model ViT-B-32 without --pretrained has random weights" in capsys.readouterr().err
+    with pytest.raises(_Stop):
+        main(["ablate-heads", "--out", str(tmp_path / "o")])  # the embedded model: no warning
+    assert "random weights" not in capsys.readouterr().err

@@ -30,6 +30,8 @@ COMMANDS = {
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)
 EXIT_USER_ERROR = 2
+#: like other Unix tools killed by SIGPIPE (128 + 13) when the reader of their output goes away
+EXIT_BROKEN_PIPE = 141
 DEBUG_ENV = "MSAE_DEBUG"
 
 #: file-system errors that, from the command line, almost always concern a path the user typed
@@ -98,7 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return status
+    except BrokenPipeError:
+        # `msae ... | head` closed our stdout: not an error of ours, and not worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if not is_known_error(exc) or _debug_requested(args):
             raise

@@ -4,6 +4,7 @@ report the change of zero-shot loss and accuracy on the digit scenes (docs/head-
 from __future__ import annotations
 
 import argparse
+import sys
 
 from msae_plugin.commands._common import non_negative_int, positive_int
 from msae_plugin.vision.loading import EMBEDDED_MODELS
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     stem = f"heads_{args.mode}"
     check_output_entries(out, files=(f"{stem}.md", f"{stem}.json", f"{stem}.png"))
     device = resolve_device(args.device)
+    if args.pretrained is None and args.model not in EMBEDDED_MODELS:
+        # open_clip builds the architecture with random weights when no tag is given: the scan
+        # would run (minutes) and rank heads of an untrained network
+        print(f"warning: --model {args.model} without --pretrained has random weights; the scan "
+              "measures an untrained network (pass e.g. --pretrained openai)", file=sys.stderr)
     model = HookedOpenCLIP.from_pretrained(args.model, pretrained=args.pretrained, device=device)
     if model.text is None:
         raise UnsupportedModelError(
