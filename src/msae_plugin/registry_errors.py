@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
-
 from msae_plugin.errors import UnknownArchitectureError
+from msae_plugin.names import suggest
 
 
 def unknown_architecture(name: object, training: bool = False) -> UnknownArchitectureError:
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
     known = sorted(SAE_TRAINING_CLASS_REGISTRY if training else SAE_CLASS_REGISTRY)
-    close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = suggest(str(name), known)
     return UnknownArchitectureError(
         f"unknown SAE architecture {name!r}.{hint} Known {'training ' if training else ''}"
         f"architectures: {', '.join(known)}. If it comes from a plugin, install that plugin "

@@ -7,7 +7,6 @@ user can get wrong in a config *file* is checked in one place, before any model 
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -19,15 +18,11 @@ from typing import Any, Literal, Union
 
 from sae_lens.saes.sae import TrainingSAEConfig
 
+from msae_plugin.names import suggest
+
 
 class VisionConfigError(ValueError):
     """An invalid vision training config (unknown field, bad value, missing sae fields)."""
-
-
-def suggest(name: str, known: list[str]) -> str:
-    """`` Did you mean 'x'?`` for the closest known name, or ``""``."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def build_sae_config(sae_dict: Any, get_training_class: Any) -> TrainingSAEConfig:

@@ -22,7 +22,6 @@ Register more named datasets with :func:`register_image_dataset`.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 from abc import ABC, abstractmethod
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from msae_plugin.names import suggest
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -331,8 +332,7 @@ def open_image_source(spec: Any, seed: int = 0, **kwargs: Any) -> ImageSource:
             raise ImageSourceError(
                 f"dataset_path {name!r} is a file; pass the folder that holds the images"
             )
-        close = difflib.get_close_matches(name, sorted(IMAGE_DATASETS), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = suggest(name, sorted(IMAGE_DATASETS), cutoff=0.5)
         raise ImageSourceError(
             f"unknown image dataset {name!r} (and no such folder).{hint} Known datasets: "
             f"{', '.join(sorted(IMAGE_DATASETS))}; or pass a folder of image files."
