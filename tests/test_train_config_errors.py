@@ -180,7 +180,7 @@ def test_output_paths_under_a_file_fail_before_any_work(
     blocker.write_text("a file, not a folder")
     cfg = {**BASE, "output_path": str(tmp_path / "out"), "checkpoint_path": str(tmp_path / "ck"),
            field: str(blocker / "run1")}
-    with pytest.raises(OutputPathError, match=f"{field}=.*is a file. Choose another {field}"):
+    with pytest.raises(OutputPathError, match=f"{field}=.*is a file, not a folder. Choose another {field}"):
         VisionSAETrainingRunner(VisionSAERunnerConfig.from_dict(cfg))
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))

@@ -9,8 +9,6 @@ four-minute run that fails when it saves.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from msae_plugin.errors import OutputPathError
@@ -40,35 +38,14 @@ def non_negative_int(text: str) -> int:
 
 
 def prepare_output_dir(path: str | Path, option: str = "--out") -> Path:
-    """Create ``path`` (and parents) and prove it is writable; returns it as a ``Path``.
+    """Create the output folder of a command and prove it is writable, before any work
+    (:func:`msae_plugin.preflight.ensure_writable_dir`); returns it as a ``Path``."""
+    from msae_plugin.preflight import ensure_writable_dir
 
-    Raises :class:`OutputPathError` naming the option, the offending path component and the fix
-    when the folder cannot be created (a file is in the way) or written (permissions, read-only
-    file system).
-    """
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(
-            f"{option} {out} is a file, not a folder. Pass a folder path (it is created if "
-            "missing), or move the file away."
-        )
-    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise OutputPathError(
-            f"{option} {out} cannot be created: {blocker} is a file, not a folder. Pass a path "
-            "whose parent folders are folders."
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".msae-write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputPathError(
-            f"{option} {out} is not writable ({exc.strerror or exc}). Pass a folder you can "
-            "write to, or fix its permissions."
-        ) from exc
-    return out
+    return ensure_writable_dir(
+        path, f"{option} {path}",
+        "Pass a folder you can write to (it is created if missing), or move the file away.",
+    )
 
 
 def resolve_device(name: str | None, option: str = "--device") -> str:
@@ -77,32 +54,11 @@ def resolve_device(name: str | None, option: str = "--device") -> str:
     own errors for a bad device surface deep inside ``Module.to``."""
     import torch
 
+    from msae_plugin.preflight import check_device
+
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    from msae_plugin.errors import DeviceUnavailableError
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise DeviceUnavailableError(
-            f"{option} {name!r} is not a torch device name ({exc}). Use e.g. cpu, cuda or "
-            "cuda:0."
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"{option} {name!r}: CUDA is not available on this machine (no GPU or driver). "
-                "Use --device cpu."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(
-                f"{option} {name!r}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})."
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailableError(
-            f"{option} {name!r}: MPS is not available on this machine. Use --device cpu."
-        )
+    check_device(name, f"{option} {name!r}", f"Use {option} cpu.")
     return name
 
 

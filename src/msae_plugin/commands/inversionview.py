@@ -62,25 +62,18 @@ def prepare_output(path: Path) -> None:
     a path that is a folder or lies under a file (otherwise the page would fail to save after
     all the work)."""
     from msae_plugin.errors import InversionViewError
+    from msae_plugin.preflight import ensure_writable_dir
 
     if path.is_dir():
         raise InversionViewError(
             f"--html {path} is a folder; give a file name, e.g. --html {path / 'view.html'}"
         )
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise InversionViewError(
-            f"cannot write --html {path}: {blocker} is a file, not a folder; choose a path in "
-            "a folder (it is created when missing)"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InversionViewError(
-            f"cannot create the folder for --html {path} ({exc.strerror}); choose a path you "
-            "can write to"
-        ) from exc
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    ensure_writable_dir(
+        path.parent, f"cannot write --html {path}: its folder {path.parent}",
+        "Choose a path in a folder you can write to (it is created when missing).",
+        error=InversionViewError,
+    )
+    if path.exists() and not os.access(path, os.W_OK):
         raise InversionViewError(
             f"cannot write --html {path}: permission denied; choose a path you can write to"
         )
