@@ -123,3 +123,31 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
                 child.unlink(missing_ok=True)
             removed.append(child)
     return removed
+
+
+@contextmanager
+def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary folder next to ``dest``; when the block ends without error, move each
+    file written there into ``dest`` with ``os.replace`` (the names in ``last`` go last).
+
+    For an output folder that may hold other files (so it cannot be replaced as a whole, as
+    :func:`atomic_directory` does): every file in ``dest`` is then either its previous complete
+    version or the new complete one, never truncated; writing the config (``last``) after the
+    weights means a kill in between leaves the old config, which the loaders' shape checks
+    reject clearly instead of reading half a file. On an error nothing in ``dest`` changes.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(dest)
+    tmp.mkdir()
+    try:
+        yield tmp
+        files = [f for f in tmp.iterdir() if f.is_file()]
+        files.sort(key=lambda f: (f.name in last, last.index(f.name) if f.name in last else 0))
+        for file in files:
+            fsync_path(file)
+        for file in files:
+            os.replace(file, dest / file.name)
+        fsync_path(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

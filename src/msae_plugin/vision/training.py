@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 from sae_lens import logger
-from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
+from sae_lens.constants import RUNNER_CFG_FILENAME, SAE_CFG_FILENAME, SPARSITY_FILENAME
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
 from safetensors.torch import save_file
 
-from msae_plugin.atomic_io import atomic_write_text, remove_temporaries
+from msae_plugin.atomic_io import remove_temporaries, staged_files
 from msae_plugin.vision.activation_cache import ActivationCache, cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
@@ -340,13 +340,13 @@ class VisionSAETrainingRunner:
         log_feature_sparsity: torch.Tensor | None = None,
     ) -> None:
         base = Path(output_path)
-        base.mkdir(exist_ok=True, parents=True)
-        weights_path, cfg_path = sae.save_inference_model(str(base))
-        sparsity_path = None
-        if log_feature_sparsity is not None:
-            sparsity_path = base / SPARSITY_FILENAME
-            save_file({"sparsity": log_feature_sparsity}, sparsity_path)
-        atomic_write_text(base / RUNNER_CFG_FILENAME, json.dumps(self.cfg.to_dict()))
+        with staged_files(base, last=(SAE_CFG_FILENAME,)) as staging:
+            weights, cfg_file = sae.save_inference_model(str(staging))
+            if log_feature_sparsity is not None:
+                save_file({"sparsity": log_feature_sparsity}, staging / SPARSITY_FILENAME)
+            (staging / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict()))
+        weights_path, cfg_path = base / Path(weights).name, base / Path(cfg_file).name
+        sparsity_path = base / SPARSITY_FILENAME if log_feature_sparsity is not None else None
         if self.cfg.logger.log_to_wandb and self.trainer is not None:
             self.cfg.logger.log(
                 self.trainer, weights_path, cfg_path, sparsity_path=sparsity_path,
