@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import pickletools
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ def load_torch_file(
     (e.g. ``"resume from"``); ``fix`` is the sentence that tells the user what to do."""
     path = Path(path)
     try:
-        return torch.load(path, weights_only=True, map_location=map_location)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write and asks to file an issue;
+            # for us such a file is either refused below or loads fine: nothing to report
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, weights_only=True, map_location=map_location)
     except pickle.UnpicklingError as exc:
         unsafe = unsafe_globals(path, exc)
         if unsafe:
