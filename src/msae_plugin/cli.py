@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "msae_plugin.commands.train",
     "ablate-heads": "msae_plugin.commands.ablate_heads",
     "inversionview": "msae_plugin.commands.inversionview",
+    "convert": "msae_plugin.commands.convert",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)
