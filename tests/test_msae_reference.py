@@ -28,7 +28,8 @@ def _reference_checkpoint(seed: int = 0, d: int = D, n: int = N, tied: bool = Fa
     g = torch.Generator().manual_seed(seed)
     decoder = torch.randn(n, d, generator=g)
     decoder = decoder / decoder.norm(dim=-1, keepdim=True)  # kept at unit norm by training
-    encoder = torch.randn(d, n, generator=g) * 0.4  # untied: not decoder.T
+    # untied (not decoder.T); stored as the reference does: the transpose of an [n, d] tensor
+    encoder = (torch.randn(n, d, generator=g) * 0.4).t()
     if tied:
         encoder = decoder.T.clone()
     model = {
@@ -183,6 +184,31 @@ def test_non_unit_decoder_rows_are_refused_unless_the_check_is_off(tmp_path):
     torch.testing.assert_close(sae.reconstruct(x), x_ref, rtol=1e-5, atol=1e-4)
 
 
+def test_rows_within_the_tolerance_keep_the_references_topk(tmp_path):
+    """The reference normalises rows before each optimiser step, so the saved ones are a step off
+    unit norm; within the default tolerance the TopK selection is still the reference's."""
+    ckpt = _reference_checkpoint(seed=11)
+    g = torch.Generator().manual_seed(2)
+    ckpt["model"]["decoder"] = ckpt["model"]["decoder"] * (1 + 4e-4 * torch.rand(N, 1, generator=g))
+    sae = load_reference_checkpoint(_save(ckpt, tmp_path))
+    _assert_matches(sae, ckpt, _inputs(ckpt))
+
+
+def test_converting_into_a_used_folder_replaces_the_checkpoint_and_keeps_other_files(tmp_path):
+    from sae_lens import SAE
+
+    out = tmp_path / "out"
+    convert_reference_checkpoint(_save(_reference_checkpoint(seed=1), tmp_path, "a.pt"), out)
+    (out / "notes.txt").write_text("mine")
+    second = _reference_checkpoint(seed=2, n=48)
+    convert_reference_checkpoint(_save(second, tmp_path, "b.pt"), out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+    sae = SAE.load_from_disk(out)
+    assert sae.cfg.d_sae == 48
+    _assert_matches(sae, second, _inputs(second))
+
+
 # ---- bad inputs ------------------------------------------------------------------------------
 def test_missing_state_dict_keys_are_listed(tmp_path):
     ckpt = _reference_checkpoint()
@@ -221,7 +247,7 @@ def test_mean_of_the_wrong_width(tmp_path):
 def test_non_finite_tensors(tmp_path, where):
     ckpt = _reference_checkpoint()
     target = ckpt["model"] if where == "encoder" else ckpt
-    target[where] = target[where].clone()
+    target[where] = target[where].contiguous().clone()
     target[where].view(-1)[[0, 5]] = torch.tensor([float("nan"), float("inf")])
     with pytest.raises(CheckpointError, match=f"'{where}' holds 2 NaN/inf value"):
         load_reference_checkpoint(_save(ckpt, tmp_path))
@@ -284,6 +310,15 @@ def test_out_dir_under_a_file_is_refused_before_reading(tmp_path, capsys):
 def test_missing_source_file(tmp_path, capsys):
     rc = main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "out")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_reference_checkpoint(tmp_path)
+
+
+def test_truncated_file_is_a_checkpoint_error(tmp_path):
+    path = _save(_reference_checkpoint(), tmp_path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot load the reference checkpoint"):
+        load_reference_checkpoint(path)
 
 
 def test_bad_decoder_norm_tol_option(tmp_path, capsys):
