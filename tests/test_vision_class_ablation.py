@@ -148,7 +148,7 @@ def test_zero_shot_accuracy_kept_restores_default_k(prior) -> None:
     images, labels = scenes(8, seed=3)
     classifier = torch.nn.functional.normalize(torch.randn(10, model(images[:1]).shape[-1]), dim=-1)
     res = zero_shot_accuracy_kept(model, sae, images, labels, classifier, ks=[None, 4])
-    assert set(res) == {"original", "k=4", "relu"}
+    assert set(res) == {"original", "original_ece", "calibration", "k=4", "relu"}
     assert sae.cfg.default_k == prior
 
 

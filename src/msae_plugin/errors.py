@@ -98,3 +98,8 @@ class DeviceUnavailableError(ValueError):
 
 class FoldNotSupportedError(MSAEConfigError, NotImplementedError):
     """A weight fold that cannot be exact for this SAE (a ``NotImplementedError`` like SAELens's)."""
+
+
+class CalibrationError(ValueError):
+    """Scores or labels a calibration metric (ECE, reliability curve) cannot be computed on:
+    empty, mismatched lengths, NaN/inf, probabilities that do not sum to 1, a bad bin count."""

@@ -1,11 +1,16 @@
-"""PNG plots of evaluation curves: FVU and cosine similarity against L0, one curve per model."""
+"""PNG plots of evaluation curves: FVU and cosine similarity against L0, one curve per model;
+zero-shot accuracy kept across the k ladder; reliability diagrams (calibration)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from msae_plugin.calibration import ReliabilityCurve
+from msae_plugin.errors import CalibrationError
 from msae_plugin.metrics import curve
+from msae_plugin.preflight import ensure_writable_dir
 
 
 def plot_sparsity_tradeoff(
@@ -56,7 +61,9 @@ def plot_zero_shot_kept(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in zero_shot if k != "original"]
+    from msae_plugin.vision.evaluation import ladder_levels
+
+    keys = ladder_levels(zero_shot)
     l0 = [max(recon[k]["sparsity"]["l0"], 1e-3) if k in recon else float("nan") for k in keys]
     acc = [zero_shot[k]["accuracy"] for k in keys]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -71,6 +78,64 @@ def plot_zero_shot_kept(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Zero-shot accuracy kept across the k ladder")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability_diagram(
+    curves: Mapping[str, ReliabilityCurve | Mapping[str, Any]], path: str | Path, title: str = ""
+) -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per curve (e.g.
+    the original model and the SAE spliced at each k), the diagonal being perfect calibration;
+    below it, the share of samples per bin (where the curve is worth reading). ECE in the legend.
+
+    ``curves`` maps a label to a :class:`~msae_plugin.calibration.ReliabilityCurve` or its
+    ``to_dict()`` (as stored in ``zero_shot_accuracy_kept(...)["calibration"]["reliability"]``).
+    Returns the PNG's path."""
+    if not curves:
+        raise CalibrationError(
+            "no reliability curves to plot; pass a dict {label: reliability_curve(...)}."
+        )
+    rows = {name: c.to_dict() if isinstance(c, ReliabilityCurve) else dict(c)
+            for name, c in curves.items()}
+    for name, c in rows.items():
+        if not {"edges", "counts", "accuracy", "confidence", "ece"} <= set(c):
+            raise CalibrationError(
+                f"curve {name!r} is not a reliability curve (keys {sorted(c)}); pass "
+                "msae_plugin.calibration.reliability_curve(...) or its to_dict()."
+            )
+    path = Path(path)
+    if path.is_dir():
+        raise CalibrationError(f"{path} is a folder; pass a file path ending in .png.")
+    ensure_writable_dir(path.parent, f"the folder of {path}", "Pass a path in a writable folder.")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(6.2, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for name, c in rows.items():
+        pts = [(cf, a) for cf, a in zip(c["confidence"], c["accuracy"], strict=True)
+               if cf is not None and a is not None]
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4,
+                       label=f"{name} (ECE {c['ece']:.3f})")[0]
+        total = max(sum(c["counts"]), 1)
+        ax_n.stairs([n / total for n in c["counts"]], c["edges"], color=line.get_color())
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    n_bins = len(next(iter(rows.values()))["counts"])
+    ax.set_title(title or f"Reliability diagram ({n_bins} equal-width confidence bins)")
+    ax_n.set_xlabel("confidence (top-class probability)")
+    ax_n.set_ylabel("share of samples")
+    ax_n.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,7 +5,8 @@ patch tokens of ``blocks.{L}.hook_resid_post`` of the shipped ``msae-tiny-clip``
 as an SAELens checkpoint, reloads it with ``sae_lens.SAE.load_from_disk``, then reports for each
 k of the ladder and the ReLU path: FVU, cosine similarity, L0, dead latents on held-out digit
 scenes, and zero-shot accuracy with the SAE's reconstruction spliced in (CLS bypassed, since
-the SAE saw only patches). Plots go to ``demo_output/*.png``.
+the SAE saw only patches) with its expected calibration error (ECE, 15 bins) next to the
+original model's. Plots (including a reliability diagram) go to ``demo_output/*.png``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import torch
 
 #: what the demo writes into ``out_dir`` (checked by ``msae demo`` before it starts)
-TRADEOFF_PNG, ZERO_SHOT_PNG, METRICS_JSON = (
-    "msae_vision_tradeoff.png", "msae_vision_zero_shot.png", "msae_vision_metrics.json")
+TRADEOFF_PNG, ZERO_SHOT_PNG, RELIABILITY_PNG, METRICS_JSON = (
+    "msae_vision_tradeoff.png", "msae_vision_zero_shot.png", "msae_vision_reliability.png",
+    "msae_vision_metrics.json")
 CHECKPOINTS_DIR, CHECKPOINT_DIR = "checkpoints", "msae_vision_checkpoint"
-OUTPUT_FILES = (TRADEOFF_PNG, ZERO_SHOT_PNG, METRICS_JSON)
+OUTPUT_FILES = (TRADEOFF_PNG, ZERO_SHOT_PNG, RELIABILITY_PNG, METRICS_JSON)
 OUTPUT_FOLDERS = (CHECKPOINTS_DIR, CHECKPOINT_DIR)
 
 
@@ -103,8 +105,12 @@ def run_vision_demo(cfg: VisionDemoConfig | None = None) -> dict[str, Any]:
 
     from msae_plugin.embedded.zero_shot import build_zero_shot_classifier
     from msae_plugin.metrics import evaluate_sae, format_table
-    from msae_plugin.plots import plot_sparsity_tradeoff, plot_zero_shot_kept
-    from msae_plugin.vision.evaluation import zero_shot_accuracy_kept
+    from msae_plugin.plots import (
+        plot_reliability_diagram,
+        plot_sparsity_tradeoff,
+        plot_zero_shot_kept,
+    )
+    from msae_plugin.vision.evaluation import ladder_levels, zero_shot_accuracy_kept
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
     from msae_plugin.vision.training import VisionSAETrainingRunner
 
@@ -139,17 +145,24 @@ def run_vision_demo(cfg: VisionDemoConfig | None = None) -> dict[str, Any]:
 
     classifier = build_zero_shot_classifier(model, model.tokenizer)
     zs = zero_shot_accuracy_kept(model, sae, images, labels, classifier, exclude_cls=True)
-    print(f"\nzero-shot digit accuracy: original {zs['original']:.3f}")
-    for key, value in zs.items():
-        if key != "original":
-            print(f"  SAE spliced at {key:>7}: {value['accuracy']:.3f} "
-                  f"(kept {100 * value['kept']:.1f} %)")
+    cal = zs["calibration"]
+    print(f"\nzero-shot digit accuracy: original {zs['original']:.3f} "
+          f"(ECE {zs['original_ece']:.3f}; {cal['n_bins']} bins, softmax at the model's "
+          f"logit scale {cal['logit_scale']:.1f})")
+    for key in ladder_levels(zs):
+        value = zs[key]
+        print(f"  SAE spliced at {key:>7}: {value['accuracy']:.3f} "
+              f"(kept {100 * value['kept']:.1f} %, ECE {value['ece']:.3f})")
 
     png1 = plot_sparsity_tradeoff(
         {"MSAE (one model, all k)": recon}, out / TRADEOFF_PNG,
         title=f"MSAE on msae-tiny-clip {cfg.hook_name} (patch tokens)",
     )
     png2 = plot_zero_shot_kept(zs, recon, out / ZERO_SHOT_PNG)
+    png3 = plot_reliability_diagram(
+        cal["reliability"], out / RELIABILITY_PNG,
+        title="Zero-shot calibration: original vs SAE spliced in at each k",
+    )
     summary = {
         "config": asdict(cfg),
         "reconstruction": recon,
@@ -158,6 +171,6 @@ def run_vision_demo(cfg: VisionDemoConfig | None = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
     }
     (out / METRICS_JSON).write_text(json.dumps(summary, indent=2))
-    print(f"\nwrote {png1}, {png2} and {out / METRICS_JSON} "
+    print(f"\nwrote {png1}, {png2}, {png3} and {out / METRICS_JSON} "
           f"in {summary['seconds']:.0f} s")
     return summary
