@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pluggy
 
-from msae_plugin.specs import ArchitectureSpec, DecoderSpec, HookedModelSpec
+from msae_plugin.specs import ArchitectureSpec, DecoderSpec, HookedModelSpec, ReleaseSpec
 
 PROJECT_NAME = "msae_plugin"
 ENTRY_POINT_GROUP = "msae_plugin"
@@ -39,3 +39,13 @@ def msae_register_hooked_models() -> list[HookedModelSpec]:
 @hookspec
 def msae_register_decoders() -> list[DecoderSpec]:
     """Activation-conditioned decoders (e.g. InversionView) addressable by name."""
+
+
+@hookspec
+def msae_register_releases() -> list[ReleaseSpec]:
+    """Trained SAEs in local folders, added to SAELens's pretrained directory under a release
+    name so that ``SAE.from_pretrained(release, sae_id)`` loads them offline.
+
+    A release name SAELens or another plugin already uses is refused with a warning naming the
+    plugin; so is a spec whose folders lack ``cfg.json`` / ``sae_weights.safetensors``.
+    """

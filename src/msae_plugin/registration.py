@@ -7,7 +7,8 @@ before or after ``sae_lens`` was imported by someone else), calls each plugin's 
 raising hook becomes a warning naming the plugin) and records provenance for ``msae plugins``.
 
 Hooked models and decoders have no SAELens registry; they live in :data:`HOOKED_MODELS` and
-:data:`DECODERS` here.
+:data:`DECODERS` here. Releases (trained SAEs in local folders) go into SAELens's pretrained
+directory and named-loader registries (:mod:`msae_plugin.releases.directory`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msae_plugin.errors import PluginSpecError
-from msae_plugin.specs import ArchitectureSpec, DecoderSpec, Registration
+from msae_plugin.specs import ArchitectureSpec, DecoderSpec, Registration, ReleaseSpec
 
 HOOKED_MODELS: dict[str, type] = {}
 DECODERS: dict[str, DecoderSpec] = {}
@@ -192,6 +193,54 @@ def _activate_all(pm: Any) -> None:
                     "decoder", s.name, s.decoder_class, DECODERS, p, d, s
                 ),
             )
+    for plugin, dist, specs in _call_each(pm, "msae_register_releases"):
+        for spec in specs:
+            _guarded(
+                plugin, dist, f"release {getattr(spec, 'name', spec)!r}",
+                lambda s=spec, p=plugin, d=dist: _register_release(s, p, d),
+            )
+
+
+def _register_release(spec: ReleaseSpec, plugin: str, dist: str) -> None:
+    """Accept a release (folders checked now; added to SAELens's directory when it is built)."""
+    from msae_plugin.releases import directory as rd
+
+    if not isinstance(spec, ReleaseSpec):
+        raise PluginSpecError(
+            f"msae_register_releases() returned {spec!r}; return ReleaseSpec records "
+            "(msae_plugin.specs.ReleaseSpec)."
+        )
+    rel = rd.pending_release(spec, plugin, dist)
+    rd.install_loaders()
+    rd.install_directory_hook()
+    existing = rd.RELEASES.get(spec.name)
+    if existing is not None:
+        if existing.spec != spec:
+            warnings.warn(
+                f"msae-plugin: release name {spec.name!r} from plugin {plugin!r} ({dist}) is "
+                f"already registered by plugin {existing.plugin!r} ({existing.distribution}); "
+                "keeping the existing one. Rename the plugin's release to resolve this.",
+                PluginHookWarning,
+                stacklevel=3,
+            )
+        return
+    with rd._lock:
+        rd.RELEASES[spec.name] = rel
+        REGISTRATIONS[("release", spec.name)] = Registration("release", spec.name, plugin, dist, spec)
+    if rd.directory_built():  # cheap now: add it (and report a clash) at once
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        get_pretrained_saes_directory()
+
+
+def resolve_releases() -> dict[str, Any]:
+    """Build SAELens's pretrained directory (1-2 s, once per process) with the plugin releases
+    in it; a release whose name SAELens already uses is dropped with a warning. Returns the
+    directory."""
+    activate()
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return get_pretrained_saes_directory()
 
 
 def known_architectures(training: bool = False) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -45,10 +47,34 @@ class DecoderSpec:
 
 
 @dataclass(frozen=True)
+class ReleaseSpec:
+    """Trained SAEs that ``sae_lens.SAE.from_pretrained(name, sae_id)`` should resolve offline.
+
+    ``saes`` maps each sae_id to a local folder in SAELens's layout (``cfg.json`` +
+    ``sae_weights.safetensors`` [+ ``sparsity.safetensors``], as ``sae.save_model`` writes it);
+    relative folders are taken relative to ``root``. The release becomes an entry of SAELens's
+    pretrained directory (``get_pretrained_saes_directory()``) served by msae-plugin's local
+    loader, so ``from_pretrained`` returns the same ``(sae, cfg_dict, log_sparsity)`` as for
+    SAELens's own releases. ``model`` is the model the SAEs were trained on (the directory's
+    ``model`` field); the ``expected_*`` and ``neuronpedia_id`` mappings fill the directory's
+    fields of the same names (SAELens's defaults where an sae_id is missing).
+    """
+
+    name: str
+    model: str
+    saes: Mapping[str, str | Path]
+    root: str | Path | None = None
+    expected_var_explained: Mapping[str, float] = field(default_factory=dict)
+    expected_l0: Mapping[str, float] = field(default_factory=dict)
+    neuronpedia_id: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Registration:
     """Provenance of one registered name: which plugin and distribution provided it."""
 
-    kind: str  # "architecture" | "training_architecture" | "hooked_model" | "decoder"
+    kind: str  # "architecture" | "training_architecture" | "hooked_model" | "decoder" | "release"
     name: str
     plugin: str
     distribution: str

@@ -8,7 +8,7 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plugins",
-        help="list registered architectures, hooked models and decoders with their providers",
+        help="list registered architectures, hooked models, decoders and releases with their providers",
         description="List every name registered through msae-plugin's entry points.",
     )
     p.set_defaults(func=run)
@@ -16,8 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import msae_plugin
+    from msae_plugin.registration import REGISTRATIONS, resolve_releases
 
-    regs = msae_plugin.register()
+    msae_plugin.register()
+    resolve_releases()  # a release whose name SAELens already uses is dropped, with a warning
+    regs = dict(REGISTRATIONS)
     if not regs:
         print("no plugins registered")
         return 0
