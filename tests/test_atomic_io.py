@@ -44,3 +44,29 @@ def test_an_error_changes_nothing(tmp_path: Path) -> None:
         raise RuntimeError("killed while saving")
     assert (dest / "cfg.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_checkpoint_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """Atomic saves go through atomic_io (a named temporary file, not mkstemp's 0600), so a saved
+    SAE or decoder can be read by the group/others exactly like a file written with open()."""
+    import stat
+
+    import torch
+
+    from msae_plugin.msae.config import MSAEConfig
+    from msae_plugin.msae.sae import MSAE
+
+    umask = os.umask(0o022)
+    try:
+        expected = 0o644
+        MSAE(MSAEConfig(d_in=8, d_sae=32, k_start=4)).save_model(tmp_path / "sae")
+        atomic_io.atomic_write(tmp_path / "t.pt", lambda p: torch.save({"x": torch.ones(1)}, p))
+        from safetensors.torch import save_file
+
+        with staged_files(tmp_path / "staged") as staging:  # what SAELens's own saves go through
+            save_file({"x": torch.ones(1)}, str(staging / "w.safetensors"))
+    finally:
+        os.umask(umask)
+    for file in [*(tmp_path / "sae").iterdir(), tmp_path / "t.pt",
+                 tmp_path / "staged" / "w.safetensors"]:
+        assert stat.S_IMODE(file.stat().st_mode) == expected, file

@@ -49,6 +49,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temporary file, then move it onto ``path`` atomically.
 
@@ -60,6 +67,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     tmp = temporary_sibling(path)
     try:
         write(tmp)
+        # some writers (safetensors' save_file) create 0600 files; give the mode open() gives,
+        # so a saved checkpoint can be shared like any other file
+        os.chmod(tmp, 0o666 & ~_umask())
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -144,7 +154,9 @@ def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]
         yield tmp
         files = [f for f in tmp.iterdir() if f.is_file()]
         files.sort(key=lambda f: (f.name in last, last.index(f.name) if f.name in last else 0))
+        mode = 0o666 & ~_umask()
         for file in files:
+            os.chmod(file, mode)  # as in atomic_write: not safetensors' 0600
             fsync_path(file)
         for file in files:
             os.replace(file, dest / file.name)

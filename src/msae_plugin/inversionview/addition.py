@@ -27,7 +27,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from msae_plugin.atomic_io import atomic_write, atomic_write_text
 from msae_plugin.errors import CheckpointError, ModelInputError
 
 TASK_NAME = "inversionview/three_digit_addition"
@@ -419,21 +419,6 @@ def answer_accuracy(
 
 
 # ----------------------------------------------------------------------------- save / load
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     return p / "model.safetensors", p / "config.json"
@@ -451,17 +436,8 @@ def save_probed_model(
     folder.mkdir(parents=True, exist_ok=True)
     weights_path, config_path = _paths(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"task": TASK_NAME})
-        weights_sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, weights_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(weights_path, lambda tmp: save_file(state, str(tmp), metadata={"task": TASK_NAME}))
+    weights_sha = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     cfg_d = config_dict(model.cfg)
     meta = {
         "task": TASK_NAME,
@@ -472,7 +448,7 @@ def save_probed_model(
         "weights_sha256": weights_sha,
         "extra": extra or {},
     }
-    _atomic_write_bytes(config_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_text(config_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from msae_plugin.atomic_io import atomic_write, atomic_write_text
 from msae_plugin.inversionview.decoder import DecoderConfig, InversionViewDecoder
 
 WEIGHTS = "decoder.safetensors"
@@ -36,20 +35,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_decoder(
     decoder: InversionViewDecoder,
     path: str | Path,
@@ -64,7 +49,7 @@ def save_decoder(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
-    _atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write(path / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": "inversionview",
@@ -73,7 +58,7 @@ def save_decoder(
         "probed_model": {"name": probed_name, "fingerprint": model_fingerprint(probed)},
         **(extra or {}),
     }
-    _atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write_text(path / CONFIG, json.dumps(meta, indent=2))
     return path
 
 

@@ -10,8 +10,6 @@ condition), and train the decoder to generate the whole input from that activati
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from msae_plugin.atomic_io import atomic_write
 from msae_plugin.errors import CheckpointError
 from msae_plugin.inversionview.decoder import InversionViewDecoder
 from msae_plugin.inversionview.preimage import hook_block, select_site, split_site
@@ -124,14 +123,7 @@ def _load_state(path: Path) -> dict:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{STATE_FILE}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path / STATE_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def train_decoder(

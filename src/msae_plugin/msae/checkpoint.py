@@ -9,8 +9,6 @@ low-level failures into :class:`CheckpointError` messages that say what to do.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +16,7 @@ import torch
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from safetensors.torch import save_file
 
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically move the temp file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from msae_plugin.atomic_io import atomic_write, atomic_write_text
 
 
 def save_atomic(
@@ -43,13 +27,9 @@ def save_atomic(
     weights_path = path / SAE_WEIGHTS_FILENAME
     cfg_path = path / SAE_CFG_FILENAME
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    atomic_write_bytes(weights_path, lambda p: save_file(tensors, str(p)))
+    atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
 
-    def _write_cfg(p: Path) -> None:
-        with open(p, "w") as fh:
-            json.dump(cfg_dict, fh)
-
-    atomic_write_bytes(cfg_path, _write_cfg)
+    atomic_write_text(cfg_path, json.dumps(cfg_dict))
     return weights_path, cfg_path
 
 
