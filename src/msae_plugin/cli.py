@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "msae_plugin.commands.train",
     "ablate-heads": "msae_plugin.commands.ablate_heads",
     "inversionview": "msae_plugin.commands.inversionview",
+    "concepts": "msae_plugin.commands.concepts",
     "convert": "msae_plugin.commands.convert",
 }
 

@@ -103,3 +103,17 @@ class FoldNotSupportedError(MSAEConfigError, NotImplementedError):
 class CalibrationError(ValueError):
     """Scores or labels a calibration metric (ECE, reliability curve) cannot be computed on:
     empty, mismatched lengths, NaN/inf, probabilities that do not sum to 1, a bad bin count."""
+
+
+class ConceptVocabularyError(ValueError):
+    """A concept vocabulary that cannot be used: an empty word list, or words the model's
+    tokenizer cannot encode."""
+
+
+class ConceptNamingError(ValueError):
+    """A concept-naming request that cannot be answered as asked (direction-based naming for an
+    SAE outside an embedding hook, no images for activation-based naming, bad ``top_n``)."""
+
+
+class UnknownConceptError(ValueError):
+    """A concept name that no latent was given (the message lists the nearest names)."""
