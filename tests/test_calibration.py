@@ -133,6 +133,19 @@ def test_reliability_diagram_is_a_valid_png(tmp_path) -> None:
     assert data[-8:-4] == b"IEND"
 
 
+def test_demo_refuses_a_folder_where_it_writes_the_reliability_diagram(tmp_path, capsys) -> None:
+    """The diagram is among the demo's output files, so the preflight refuses (before minutes
+    of training) an --out where its name is taken by a folder."""
+    from msae_plugin.cli import main
+    from msae_plugin.demo.vision import OUTPUT_FILES, RELIABILITY_PNG
+
+    assert RELIABILITY_PNG in OUTPUT_FILES
+    (tmp_path / RELIABILITY_PNG).mkdir()
+    assert main(["demo", "--out", str(tmp_path)]) != 0
+    assert f"{RELIABILITY_PNG} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()  # nothing started
+
+
 def test_reliability_diagram_bad_inputs(tmp_path) -> None:
     with pytest.raises(CalibrationError, match="no reliability curves"):
         plot_reliability_diagram({}, tmp_path / "a.png")

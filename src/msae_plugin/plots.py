@@ -89,7 +89,8 @@ def plot_reliability_diagram(
 ) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin, one line per curve (e.g.
     the original model and the SAE spliced at each k), the diagonal being perfect calibration;
-    below it, the share of samples per bin (where the curve is worth reading). ECE in the legend.
+    below it, the share of samples per bin (where the curve is worth reading). ECE in the legend;
+    a curve labelled ``"original"`` is drawn in black, on top.
 
     ``curves`` maps a label to a :class:`~msae_plugin.calibration.ReliabilityCurve` or its
     ``to_dict()`` (as stored in ``zero_shot_accuracy_kept(...)["calibration"]["reliability"]``).
@@ -122,8 +123,9 @@ def plot_reliability_diagram(
     for name, c in rows.items():
         pts = [(cf, a) for cf, a in zip(c["confidence"], c["accuracy"], strict=True)
                if cf is not None and a is not None]
+        style = {"color": "black", "lw": 2.2, "zorder": 3} if name == "original" else {}
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4,
-                       label=f"{name} (ECE {c['ece']:.3f})")[0]
+                       label=f"{name} (ECE {c['ece']:.3f})", **style)[0]
         total = max(sum(c["counts"]), 1)
         ax_n.stairs([n / total for n in c["counts"]], c["edges"], color=line.get_color())
     ax.set_ylabel("accuracy in bin")
