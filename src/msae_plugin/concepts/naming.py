@@ -221,8 +221,7 @@ def name_concepts(
         acts, embeds = [], []
         for i in range(0, len(images), 256):
             batch = images[i:i + 256]
-            _, cache = model.run_with_cache(batch, names_filter=[hook, "hook_image_embed"],
-                                            stop_at_layer=stop)
+            _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=stop)
             a = cache[hook]
             acts.append((a.flatten(-2) if a.dim() == 4 else a).float().cpu())
             embeds.append(model.encode_image(batch).float().cpu())
