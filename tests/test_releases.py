@@ -40,6 +40,23 @@ MAX_FVU = {"hook_image_embed": {"k=32": 0.05, "relu": 0.03},
 MIN_KEPT_RELU = 0.95  # zero-shot accuracy kept with the blocks.2 SAE spliced in (ReLU path)
 
 
+@pytest.fixture(autouse=True)
+def _forget_test_releases():
+    """Releases a test registers (toy folders in tmp_path) leave no trace for later tests."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from msae_plugin.releases.directory import RELEASES
+
+    before = set(RELEASES)
+    yield
+    directory = get_pretrained_saes_directory()
+    for name in set(RELEASES) - before:
+        rel = RELEASES.pop(name)
+        REGISTRATIONS.pop(("release", name), None)
+        if directory.get(name) is rel.lookup:
+            del directory[name]
+
+
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
