@@ -158,6 +158,16 @@ def test_shipped_release_equals_load_from_disk(sae_id):
     torch.testing.assert_close(sparsity, file_sparsity, rtol=0, atol=0)
 
 
+def test_dtype_argument_is_honoured_as_for_saelens_releases():
+    sae, cfg_dict, _ = SAE.from_pretrained_with_cfg_and_sparsity(
+        EMBEDDED_RELEASE, "hook_image_embed", dtype="float64")
+    ref = SAE.load_from_disk(str(ROOT / "hook_image_embed"), dtype="float64")
+    assert cfg_dict["dtype"] == "float64" and sae.W_enc.dtype == torch.float64
+    x = torch.randn(4, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), ref(x), rtol=0, atol=0)
+
+
 def test_shipped_release_in_saelens_directory():
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
@@ -282,6 +292,7 @@ def test_release_name_clash_with_saelens_is_a_warning(tmp_path):
         get_pretrained_saes_directory()
     assert get_pretrained_saes_directory()[taken] is before
     assert ("release", taken) not in REGISTRATIONS
+    assert issubclass(ReleaseClashWarning, PluginHookWarning)  # one filter silences both kinds
 
 
 def test_release_name_clash_between_plugins_keeps_the_first(tmp_path):

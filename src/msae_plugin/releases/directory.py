@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from msae_plugin.errors import PluginSpecError
+from msae_plugin.registration import PluginHookWarning
 from msae_plugin.specs import ReleaseSpec
 
 #: the ``conversion_func`` of every plugin release: msae-plugin's local-folder loader
@@ -48,8 +49,8 @@ RELEASES: dict[str, PendingRelease] = {}
 _lock = threading.RLock()
 
 
-class ReleaseClashWarning(RuntimeWarning):
-    """A plugin release's name is taken (by SAELens or another plugin); it was not added."""
+class ReleaseClashWarning(PluginHookWarning):
+    """A plugin release's name is one of SAELens's own releases; it was not added."""
 
 
 def resolve_folders(spec: ReleaseSpec) -> dict[str, Path]:
