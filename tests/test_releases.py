@@ -186,6 +186,18 @@ def test_shipped_release_in_saelens_directory():
     assert (reg.plugin, reg.distribution) == ("releases", "msae-plugin")
 
 
+@pytest.mark.parametrize("sae_id", EMBEDDED_SAE_IDS)
+def test_shipped_folders_pass_the_full_checkpoint_check(sae_id):
+    """What `msae check` runs: every file, every tensor finite, shapes as cfg.json implies."""
+    from msae_plugin.msae.checkpoint_check import validate_checkpoint
+
+    report = validate_checkpoint(ROOT / sae_id, check_values=True)
+    assert report.architecture == "msae"
+    assert report.files == ["cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
+    assert report.cfg["metadata"]["hook_name"] == sae_id
+    assert report.cfg["metadata"]["model_name"] == "msae-tiny-clip"
+
+
 def test_shipped_release_fits_the_size_budget():
     size = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
     assert size <= 5 * 1024 * 1024, f"{size:,} bytes"
