@@ -18,9 +18,15 @@ from sae_lens.training.sae_trainer import SAETrainer
 from msae_plugin.cli import main
 from msae_plugin.concepts import load_vocabulary, name_concepts, text_embeddings
 from msae_plugin.concepts.naming import decoder_directions, min_levels
+from msae_plugin.concepts.search import concept_search, edit_embeddings, text_query
 from msae_plugin.concepts.vocabulary import parse_vocabulary
 from msae_plugin.embedded.dataset import COLOURS, make_digit_scenes
-from msae_plugin.errors import ConceptNamingError, ConceptVocabularyError, UnknownConceptError
+from msae_plugin.errors import (
+    ConceptNamingError,
+    ConceptSearchError,
+    ConceptVocabularyError,
+    UnknownConceptError,
+)
 from msae_plugin.msae.config import MSAEConfig, MSAETrainingSAEConfig
 from msae_plugin.msae.sae import MSAE
 from msae_plugin.msae.training_sae import MSAETrainingSAE
@@ -182,6 +188,43 @@ def test_cli_writes_json_png_and_table(trained, tmp_path, capsys) -> None:
     assert text.count("| yes |") <= 5 and "valid ratio" in text
 
 
+@SLOW
+def test_search_adding_a_colour_raises_its_share_and_removing_lowers_it(model, trained) -> None:
+    _, sae, _, _, names = trained
+    colour = next(c for c in COLOUR_NAMES if any(x.word == c for x in names.valid()))
+    latents = names.latents_named(colour)
+    gallery_scenes = make_digit_scenes(1000, "test", seed=2)
+    query_scenes = make_digit_scenes(200, "test", seed=3)
+    with torch.no_grad():
+        gallery = model.encode_image(model.preprocess(gallery_scenes.images))
+        queries = model.encode_image(model.preprocess(query_scenes.images))
+        strength = float(sae.encode(gallery, k=sae.cfg.d_sae)[:, latents].max())
+    c = COLOUR_NAMES.index(colour)
+    in_gallery = gallery_scenes.attributes["colour"] == c
+    has = query_scenes.attributes["colour"] == c
+
+    def share(result):  # fraction of the top-10 with the colour
+        return float(in_gallery[result.indices].float().mean())
+
+    plain = concept_search(sae, queries[~has][:40], gallery)
+    added = concept_search(sae, queries[~has][:40], gallery, latents, "add", strength)
+    print(f"{colour}: top-10 share {share(plain):.2f} -> {share(added):.2f} when added")
+    assert share(added) > share(plain) + 0.2
+    plain = concept_search(sae, queries[has][:40], gallery)
+    removed = concept_search(sae, queries[has][:40], gallery, latents, "remove")
+    print(f"{colour}: top-10 share {share(plain):.2f} -> {share(removed):.2f} when removed")
+    assert share(removed) < share(plain) - 0.2
+    # no edit = plain CLIP retrieval, computed independently
+    cos = F.normalize(queries[:5], dim=-1) @ F.normalize(gallery, dim=-1).T
+    assert torch.equal(concept_search(sae, queries[:5], gallery).indices,
+                       cos.topk(10, dim=-1).indices)
+    # text query: "a photo of a seven" retrieves sevens; adding the colour keeps some sevens
+    # and makes the colour dominate
+    text = text_query(model, "a photo of a seven")
+    hits = concept_search(sae, text, gallery, latents, "add", strength)
+    assert share(hits) > share(concept_search(sae, text, gallery))
+
+
 # ---- bad inputs (fast: untrained SAEs) ---------------------------------------------------------
 def _untrained(hook: str, d_in: int) -> MSAE:
     sae = MSAE(MSAEConfig(d_in=d_in, d_sae=32, k_start=4))
@@ -236,3 +279,20 @@ def test_cli_empty_vocab_exits_2(tmp_path, capsys) -> None:
     assert main(["concepts", str(tmp_path / "sae"), "--vocab", str(tmp_path / "v.txt"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "error: vocabulary file" in capsys.readouterr().err
+
+
+def test_search_bad_inputs(model) -> None:
+    sae = _untrained("hook_image_embed", 64)
+    q = torch.randn(3, 64)
+    with pytest.raises(ConceptSearchError, match="gallery is empty"):
+        concept_search(sae, q, torch.empty(0, 64), [1])
+    with pytest.raises(ConceptSearchError, match="width 32"):
+        concept_search(sae, q, torch.randn(5, 32))
+    with pytest.raises(ConceptSearchError, match="mode must be"):
+        edit_embeddings(sae, q, [1], mode="boost")
+    with pytest.raises(ConceptSearchError, match=r"ids in \[0, 32\)"):
+        edit_embeddings(sae, q, [32])
+    # an add edit moves the query by strength x the latent's CLIP-space direction, exactly
+    moved = edit_embeddings(sae, q, [3], "add", 2.0) - q
+    expected = 2.0 * sae.W_dec[3].detach() / sae.input_scale
+    assert torch.allclose(moved, expected.expand_as(moved), atol=1e-5)

@@ -117,3 +117,8 @@ class ConceptNamingError(ValueError):
 
 class UnknownConceptError(ValueError):
     """A concept name that no latent was given (the message lists the nearest names)."""
+
+
+class ConceptSearchError(ValueError):
+    """A concept-based similarity search that cannot run: an empty gallery, embeddings of the
+    wrong width, an unknown edit mode or latent id."""
