@@ -255,6 +255,14 @@ def test_direction_naming_off_an_embedding_hook_points_to_activation(model) -> N
         name_concepts(sae, model, ["red"], method="word")
 
 
+def test_text_embedding_hook_is_named_by_direction_without_images(model) -> None:
+    sae = _untrained("text.hook_text_embed", 64)
+    names = name_concepts(sae, model, ["red", "blue", "seven"])
+    assert names.method == "direction" and all(x.min_level is None for x in names.latents)
+    with pytest.raises(ConceptNamingError, match="reads the text tower"):
+        name_concepts(sae, model, ["red"], method="activation")
+
+
 def test_activation_naming_at_a_residual_hook_runs(model) -> None:
     sae = _untrained("blocks.2.hook_resid_post", 96)
     images = model.preprocess(make_digit_scenes(40, "test").images)

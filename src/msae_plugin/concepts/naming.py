@@ -197,12 +197,16 @@ def name_concepts(
             f"this SAE reads {hook!r}: its decoder rows are not in CLIP's text-image space. Use "
             "method='activation' (names from the latent's top-activating images) instead."
         )
-    if images is None and (method == "activation" or _ladder(sae) is not None):
-        if method == "activation" or hook == "text.hook_text_embed":
-            raise ConceptNamingError(
-                f"{method}-based naming of an SAE on {hook!r} needs images: pass images=... "
-                "(e.g. model.preprocess(make_digit_scenes(2000, 'test').images))."
-            )
+    if method == "activation" and hook.startswith("text."):
+        raise ConceptNamingError(
+            f"activation-based naming ranks images, but this SAE reads the text tower ({hook!r}). "
+            "Use method='direction' (text.hook_text_embed) or an SAE on an image-tower hook."
+        )
+    if images is None and method == "activation":
+        raise ConceptNamingError(
+            f"activation-based naming of an SAE on {hook!r} needs images: pass images=... "
+            "(e.g. model.preprocess(make_digit_scenes(2000, 'test').images))."
+        )
     if images is not None and len(images) == 0:
         raise ConceptNamingError("images is empty; pass at least one image.")
     if not isinstance(top_n, int) or top_n < 1:
@@ -213,7 +217,7 @@ def name_concepts(
     levels: list[int | None] = [None] * d_sae
     alive = [True] * d_sae
     directions = decoder_directions(sae)
-    if images is not None and hook != "text.hook_text_embed":
+    if images is not None and not hook.startswith("text."):
         from msae_plugin.vision.hook_names import block_of
 
         layer = block_of(hook)
