@@ -242,11 +242,23 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("demo: --samples -1 (synthetic)", ["demo", "--synthetic", "--out", str(tmp / "d2"), "--samples", "-1"]),
         ("demo: --seed 'x'", ["demo", "--out", str(tmp / "d3"), "--seed", "x"]),
     ]
+    release_sae = str(ROOT / "src" / "msae_plugin" / "releases" / "data" / "msae-tiny-clip-msae"
+                      / "hook_image_embed")
+    (tmp / "empty_vocab.txt").write_text("\n# nothing\n")
+    newer = [
+        ("convert: reference file missing", ["convert", str(tmp / "nope.pt"), str(tmp / "cv1")]),
+        ("convert: malicious pickle", ["convert", str(evil), str(tmp / "cv2")]),
+        ("convert: not a reference state dict", ["convert", str(tmp / "nan_act.pt"), str(tmp / "cv3")]),
+        ("convert: OUT_DIR under a file", ["convert", str(tmp / "zero_act.pt"), under_file]),
+        ("concepts: SAE folder missing", ["concepts", str(tmp / "no_sae"), "--out", str(tmp / "co1")]),
+        ("concepts: empty vocabulary", ["concepts", release_sae, "--vocab", str(tmp / "empty_vocab.txt"), "--out", str(tmp / "co2")]),
+        ("concepts: --out under a file", ["concepts", release_sae, "--out", under_file]),
+    ]
     other = [
         ("msae: unknown subcommand", ["trian"]),
         ("msae: no subcommand", []),
     ]
-    return train + check + ablate + inversion + demo + other
+    return train + check + ablate + inversion + demo + newer + other
 
 
 def run_case(argv: list[str], timeout: float) -> tuple[str, int | None, str]:

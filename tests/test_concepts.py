@@ -304,3 +304,10 @@ def test_search_bad_inputs(model) -> None:
     moved = edit_embeddings(sae, q, [3], "add", 2.0) - q
     expected = 2.0 * sae.W_dec[3].detach() / sae.input_scale
     assert torch.allclose(moved, expected.expand_as(moved), atol=1e-5)
+
+
+def test_cli_missing_sae_folder_names_the_fix(tmp_path, capsys) -> None:
+    """A wrong SAE_DIR gets the checkpoint validator's sentence, not a bare [Errno 2]."""
+    assert main(["concepts", str(tmp_path / "no_sae"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint folder {tmp_path / 'no_sae'} does not exist. Pass the folder" in err

@@ -92,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     from msae_plugin.commands._common import check_output_entries, prepare_output_dir
     from msae_plugin.concepts import load_vocabulary, name_concepts
     from msae_plugin.embedded.dataset import make_digit_scenes
+    from msae_plugin.msae.checkpoint_check import validate_checkpoint
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
     from msae_plugin.vision.loading import EMBEDDED_MODELS
 
     out = prepare_output_dir(args.out)
     check_output_entries(out, files=("concepts.json", "concepts.png"))
     vocabulary = load_vocabulary(args.vocab)
+    validate_checkpoint(args.sae_dir)  # names the missing/damaged file and the fix
     sae = SAE.load_from_disk(args.sae_dir).eval()
     model_name = getattr(sae.cfg.metadata, "model_name", None) or EMBEDDED_MODELS[0]
     model = HookedOpenCLIP.from_pretrained(model_name, pretrained=args.pretrained).eval()
