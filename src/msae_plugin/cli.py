@@ -28,6 +28,7 @@ COMMANDS = {
     "inversionview": "msae_plugin.commands.inversionview",
     "concepts": "msae_plugin.commands.concepts",
     "convert": "msae_plugin.commands.convert",
+    "bias": "msae_plugin.commands.bias",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)

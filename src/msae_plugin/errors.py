@@ -122,3 +122,9 @@ class UnknownConceptError(ValueError):
 class ConceptSearchError(ValueError):
     """A concept-based similarity search that cannot run: an empty gallery, embeddings of the
     wrong width, an unknown edit mode or latent id."""
+
+
+class BiasAnalysisError(ValueError):
+    """A concept bias analysis that cannot run as asked: labels or groups missing or of the
+    wrong length, a concept name without the names to resolve it, clamp values that do not
+    match the latents, a classifier whose output is not ``[n, classes]`` logits."""
