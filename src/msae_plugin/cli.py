@@ -28,6 +28,7 @@ COMMANDS = {
     "inversionview": "msae_plugin.commands.inversionview",
     "concepts": "msae_plugin.commands.concepts",
     "convert": "msae_plugin.commands.convert",
+    "probes": "msae_plugin.commands.probes",
     "bias": "msae_plugin.commands.bias",
 }
 

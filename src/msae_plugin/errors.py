@@ -124,6 +124,12 @@ class ConceptSearchError(ValueError):
     wrong width, an unknown edit mode or latent id."""
 
 
+class ProbeInputError(ValueError):
+    """Features, labels or settings a linear probe cannot be fitted on: missing labels or labels
+    of the wrong length, a property with a single class, features that are not a finite 2-D
+    matrix, an unknown property or hook, a test fraction outside (0, 1)."""
+
+
 class BiasAnalysisError(ValueError):
     """A concept bias analysis that cannot run as asked: labels or groups missing or of the
     wrong length, a concept name without the names to resolve it, clamp values that do not
