@@ -75,8 +75,8 @@ def test_flip_rate_and_accuracy_match_an_independent_computation(setup, kind):
 
 
 def test_biased_probe_flips_far_more_than_the_unbiased_one(setup):
-    """The demonstration's claim, on the test's own 200-scene sets (docs/bias.md: 0.50 vs 0.09
-    up, 0.21 vs 0.05 down on 400)."""
+    """The demonstration's claim, on the test's own 200-scene sets (docs/bias.md: 0.50 vs 0.05
+    up, 0.23 vs 0.04 down on 400)."""
     res = {kind: concept_bias(setup["sae"], setup["x"], setup["y"], LinearProbe(clf), "red",
                               names=setup["names"], groups=setup["groups"])
            for kind, clf in setup["probes"].items()}

@@ -108,7 +108,7 @@ def concept_values(sae: Any, embeddings: torch.Tensor, latents: Sequence[int],
     """Default clamp-up values: ``strength`` x each latent's largest code on ``embeddings``.
 
     Why per latent: a concept's latents fire at different scales (on the shipped SAE the three
-    "red" latents peak at 0.5, 3.2 and 3.7 on 400 scenes), so one value for all would over-drive the weak
+    "red" latents peak at 0.6, 3.2 and 3.6 on 400 scenes), so one value for all would over-drive the weak
     ones."""
     with torch.no_grad():
         z = _codes(sae, embeddings)[:, list(latents)]

@@ -52,11 +52,15 @@ def scene_set(model: Any, n: int, split: str, seed: int, biased: bool) -> tuple[
     if not biased:
         pairs += [("even", "blue"), ("odd", "red")]
     per = max(1, n // len(pairs))
-    scenes = make_digit_scenes(per * len(pairs) * 8, split, seed=seed)  # 1/12 of scenes per pair
+    # each pair is about 1/12 of the scenes; twice that plus a margin leaves none short in
+    # practice (checked below, so a short pair can never silently unbalance the sets)
+    scenes = make_digit_scenes(per * 24 + 240, split, seed=seed)
     parity, colour = scenes.attributes["parity"], scenes.attributes["colour"]
     idx = []
     for p, c in pairs:
         hit = torch.nonzero((parity == PARITY.index(p)) & (colour == COLOUR_CODES[c])).flatten()
+        if len(hit) < per:  # pragma: no cover - a binomial tail far below 1e-6
+            raise RuntimeError(f"only {len(hit)} {p}/{c} scenes of {per} needed")
         idx.append(hit[:per])
     index = torch.cat(idx)
     with torch.no_grad():
