@@ -253,6 +253,11 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("concepts: SAE folder missing", ["concepts", str(tmp / "no_sae"), "--out", str(tmp / "co1")]),
         ("concepts: empty vocabulary", ["concepts", release_sae, "--vocab", str(tmp / "empty_vocab.txt"), "--out", str(tmp / "co2")]),
         ("concepts: --out under a file", ["concepts", release_sae, "--out", under_file]),
+        ("probes: unknown property", ["probes", "--properties", "digt", "--out", str(tmp / "p1")]),
+        ("probes: --out under a file", ["probes", "--out", under_file]),
+        ("bias: --out under a file", ["bias", "--out", under_file]),
+        ("bias: --n-images 0", ["bias", "--n-images", "0", "--out", str(tmp / "b1")]),
+        ("bias: unknown concept", ["bias", "--concept", "rd", "--out", str(tmp / "b2")]),
     ]
     other = [
         ("msae: unknown subcommand", ["trian"]),
