@@ -1,8 +1,8 @@
 """Concept naming (msae_plugin.concepts): ground truth on the embedded model, independent
 recomputation of scores and ladder levels, bad inputs, and the ``msae concepts`` command.
 
-One module-scoped MSAE on ``hook_image_embed`` (embeddings of 4000 generated scenes, trained
-with SAELens's SAETrainer) serves every test that needs a trained SAE."""
+The shipped MSAE of the release ``msae-tiny-clip-msae`` at ``hook_image_embed`` (loaded with
+SAELens's own ``SAE.from_pretrained``) serves every test that needs a trained SAE."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sae_lens import SAE
-from sae_lens.config import SAETrainerConfig
-from sae_lens.training.sae_trainer import SAETrainer
 
 from msae_plugin.cli import main
 from msae_plugin.concepts import load_vocabulary, name_concepts, text_embeddings
@@ -27,9 +25,8 @@ from msae_plugin.errors import (
     ConceptVocabularyError,
     UnknownConceptError,
 )
-from msae_plugin.msae.config import MSAEConfig, MSAETrainingSAEConfig
+from msae_plugin.msae.config import MSAEConfig
 from msae_plugin.msae.sae import MSAE
-from msae_plugin.msae.training_sae import MSAETrainingSAE
 from msae_plugin.vision import HookedOpenCLIP
 
 SLOW = pytest.mark.slow  # everything that needs the trained SAE (~1 min for the fixture)
@@ -45,26 +42,11 @@ def model():
 @pytest.fixture(scope="module")
 def trained(model, tmp_path_factory):
     """(sae_dir, sae, held-out scenes, their preprocessed images, direction-based names)."""
-    torch.manual_seed(0)
-    scenes = make_digit_scenes(4000, "train", seed=0)
-    with torch.no_grad():
-        emb = torch.cat([model.encode_image(model.preprocess(scenes.images[i:i + 500]))
-                         for i in range(0, 4000, 500)])
+    from msae_plugin.releases import EMBEDDED_RELEASE
 
-    def batches():
-        g = torch.Generator().manual_seed(0)
-        while True:
-            yield emb[torch.randint(0, len(emb), (256,), generator=g)]
-
-    tsae = MSAETrainingSAE(MSAETrainingSAEConfig(d_in=64, d_sae=256, k_start=4))
-    cfg = SAETrainerConfig(total_training_samples=256 * 500, train_batch_size_samples=256,
-                           lr=2e-3, lr_end=2e-3)
-    SAETrainer(cfg, tsae, batches()).fit()
-    tsae.cfg.metadata.hook_name = "hook_image_embed"
-    tsae.cfg.metadata.model_name = "msae-tiny-clip"
+    sae = SAE.from_pretrained(EMBEDDED_RELEASE, "hook_image_embed").eval()
     out = tmp_path_factory.mktemp("concepts") / "sae"
-    tsae.save_inference_model(str(out))
-    sae = SAE.load_from_disk(str(out)).eval()
+    sae.save_model(str(out))
     test = make_digit_scenes(2000, "test", seed=1)
     images = model.preprocess(test.images)
     names = name_concepts(sae, model, load_vocabulary(), images=images)
@@ -181,7 +163,7 @@ def test_cli_writes_json_png_and_table(trained, tmp_path, capsys) -> None:
                  "--n-images", "300", "--out", str(tmp_path / "o")]) == 0
     text = capsys.readouterr().out
     data = json.loads((tmp_path / "o" / "concepts.json").read_text())
-    assert data["method"] == "direction" and len(data["latents"]) == 256
+    assert data["method"] == "direction" and len(data["latents"]) == trained[1].cfg.d_sae
     assert data["vocabulary"] == ["red", "green", "blue", "yellow", "white", "purple"]
     assert {x["word"] for x in data["latents"]} <= set(data["vocabulary"])
     assert (tmp_path / "o" / "concepts.png").read_bytes()[:4] == b"\x89PNG"
