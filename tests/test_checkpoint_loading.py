@@ -5,11 +5,11 @@ registry only after reading the files)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import edit_cfg
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
 from safetensors.torch import load_file, save_file
@@ -39,16 +39,6 @@ def saved(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     MSAE(MSAEConfig(d_in=8, d_sae=32, k_start=4)).save_model(tmp_path)
     return tmp_path
-
-
-def edit_cfg(path: Path, **changes) -> None:
-    cfg = json.loads((path / "cfg.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            del cfg[k]
-        else:
-            cfg[k] = v
-    (path / "cfg.json").write_text(json.dumps(cfg))
 
 
 def edit_weights(path: Path, name: str, fn) -> None:

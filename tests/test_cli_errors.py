@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import edit_cfg
 from safetensors.torch import load_file, save_file
 
 from msae_plugin.cli import is_known_error, main
@@ -119,9 +120,9 @@ def test_check_refuses_sae_whose_forward_is_not_finite(ckpt: Path, capsys) -> No
         (lambda p: (p / "cfg.json").write_text("{"), "cfg.json is not valid JSON"),
         (lambda p: (p / "sae_weights.safetensors").write_bytes(b"\x00" * 10),
          "sae_weights.safetensors cannot be read as safetensors"),
-        (lambda p: _edit_cfg(p, architecture="msea"), "'msea'.*Did you mean 'msae'"),
-        (lambda p: _edit_cfg(p, d_sae=64), r"tensor 'W_\w+' .* implies"),
-        (lambda p: _edit_cfg(p, d_in=None), r"missing required field\(s\) \['d_in'\]"),
+        (lambda p: edit_cfg(p, architecture="msea"), "'msea'.*Did you mean 'msae'"),
+        (lambda p: edit_cfg(p, d_sae=64), r"tensor 'W_\w+' .* implies"),
+        (lambda p: edit_cfg(p, d_in=None), r"missing required field\(s\) \['d_in'\]"),
         (lambda p: save_file({"sparsity": torch.zeros(31)}, p / "sparsity.safetensors"),
          r"'sparsity' in .* has shape \[31\], expected \[32\]"),
         (lambda p: save_file({"sparsity": torch.full((32,), float("nan"))},
@@ -136,16 +137,6 @@ def test_check_bad_folders(ckpt: Path, capsys, damage, message) -> None:
     assert rc == 2 and out == ""
     assert err.startswith("error: ") and re.search(message, err), err
     assert "Traceback" not in err
-
-
-def _edit_cfg(path: Path, **changes) -> None:
-    cfg = json.loads((path / "cfg.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            del cfg[k]
-        else:
-            cfg[k] = v
-    (path / "cfg.json").write_text(json.dumps(cfg))
 
 
 def test_check_sparsity_may_hold_minus_inf(ckpt: Path, capsys) -> None:

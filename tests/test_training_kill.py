@@ -61,18 +61,11 @@ def _config(root: Path) -> Any:
 
 
 def _tiny_model() -> Any:
-    import torch
-    from open_clip.model import CLIP
+    from helpers import tiny_clip
 
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
 
-    torch.manual_seed(0)
-    clip = CLIP(
-        embed_dim=32,
-        vision_cfg=dict(image_size=16, patch_size=4, width=32, layers=1, head_width=16),
-        text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
-    ).eval()
-    return HookedOpenCLIP(clip, model_name="tiny-test").eval()
+    return HookedOpenCLIP(tiny_clip(), model_name="tiny-test").eval()
 
 
 def _instrument(checkpoint_no: int, kill_at: int, counter_file: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from open_clip.model import CLIP
+from helpers import tiny_clip
 from sae_lens.constants import SAE_CFG_FILENAME, TRAINER_STATE_FILENAME
 
 import msae_plugin
@@ -55,12 +55,7 @@ class TinyCLIP(HookedOpenCLIP):
     @classmethod
     def from_pretrained(cls, model_name: str, pretrained: Any = None, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, **kw: Any) -> TinyCLIP:
-        torch.manual_seed(0)
-        clip = CLIP(
-            embed_dim=32,
-            vision_cfg=dict(image_size=16, patch_size=4, width=32, layers=1, head_width=16),
-            text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
-        ).eval()
+        clip = tiny_clip()
         return cls(clip, model_name=model_name, pretrained=pretrained).to(device, dtype).eval()
 
 
