@@ -30,6 +30,7 @@ COMMANDS = {
     "convert": "msae_plugin.commands.convert",
     "probes": "msae_plugin.commands.probes",
     "bias": "msae_plugin.commands.bias",
+    "search": "msae_plugin.commands.search",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)
