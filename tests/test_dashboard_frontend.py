@@ -1,0 +1,354 @@
+"""The dashboard site writer and its front end, rendered in a real headless Chromium.
+
+The data are synthetic, built here to the schema (dead latents, dense ones, an MSAE with a
+ladder and heat maps, an embedding-hook SAE with neither), so the tests pin the contract
+between the Python writer and the page without training anything. Each browser call takes
+about half a second; the page is driven through its URL hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import console_errors, render
+from PIL import Image
+
+from msae_plugin.dashboard import site as site_mod
+from msae_plugin.dashboard.site import DashboardSiteError, site_size, write_site
+
+NAMES = ["red", "green", "blue", "stripes", "dots", "redwood", "bored", "sky", "", ""]
+WORDS = ["red", "green", "blue", "stripe", "dot", "sky", "tree", "cat", "dog", "sun"]
+CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def synthetic(d_sae: int = 300, page_size: int = 64, *, embedding: bool = False,
+              seed: int = 0) -> tuple[dict, list[dict], np.ndarray]:
+    """(meta, cards, thumbs) per the schema: every 23rd latent dead, a few dense ones.
+
+    ``embedding`` gives an embedding-hook, non-MSAE SAE: grid, heat, ladder and levels null.
+    """
+    rng = np.random.default_rng(seed)
+    n_images, size = 48, 16
+    yy, xx = np.mgrid[0:size, 0:size]
+    thumbs = np.zeros((n_images, size, size, 3), dtype=np.uint8)
+    for i in range(n_images):  # a coloured gradient with a bright square: visibly not blank
+        base = rng.integers(40, 220, size=3)
+        thumbs[i] = np.clip(base + (xx[..., None] * 6 - 40), 0, 255)
+        cy, cx = rng.integers(2, size - 6, size=2)
+        thumbs[i, cy:cy + 4, cx:cx + 4] = [250, 250, 250]
+    grid = None if embedding else [4, 4]
+    ladder = None if embedding else [4, 8, 16]
+    dead = np.arange(d_sae) % 23 == 5
+    freq = np.where(dead, 0.0, rng.uniform(0.001, 0.45, d_sae))
+    for i, f in ((7, 0.62), (100, 0.71), (201, 0.93)):  # dense ones, in different pages
+        if i < d_sae:
+            freq[i] = f
+    mx = np.where(dead, 0.0, rng.uniform(0.5, 5.0, d_sae))
+    names = [NAMES[i % len(NAMES)] if not dead[i] else "" for i in range(d_sae)]
+    latents = {
+        "freq_image": freq,
+        "freq_token": freq / 7,
+        "max": mx,
+        "mean_active": mx / 3,
+        "name": names,
+        "name_score": [None if embedding else float(rng.uniform(0.1, 0.7)) for _ in range(d_sae)],
+        "name_valid": [bool(i % 3) for i in range(d_sae)],
+        "level": [None if embedding or dead[i] else int(ladder[i % 3]) for i in range(d_sae)],
+        "flag": ["dead" if dead[i] else "dense" if freq[i] > 0.5 else "" for i in range(d_sae)],
+    }
+    meta = {
+        "title": f"msae dashboard: {'topk' if embedding else 'msae'} at "
+                 f"{'hook_image_embed' if embedding else 'blocks.2.hook_resid_post'}",
+        "sae": {"architecture": "topk" if embedding else "msae",
+                "hook_name": "hook_image_embed" if embedding else "blocks.2.hook_resid_post",
+                "d_in": 96, "d_sae": d_sae, "model_name": "msae-tiny-clip", "ladder": ladder,
+                "k": None if embedding else 16, "source": "synthetic"},
+        "n_images": 2000, "tokens_per_image": 1 if embedding else 17, "grid": grid,
+        "image_score": "image embedding value" if embedding else "max over patch tokens",
+        "classes": CLASSES, "page_size": page_size, "hist_bins": 20,
+        "created": "2026-11-30T07:00:00Z", "latents": latents, "dense_threshold": 0.5,
+    }
+
+    def ex() -> dict:
+        heat = None
+        if grid is not None:
+            heat = base64.b64encode(rng.integers(0, 256, 16, dtype=np.uint8).tobytes()).decode()
+        return {"img": int(rng.integers(n_images)), "v": float(rng.uniform(0.1, 5)),
+                "cls": int(rng.integers(-1, 10)), "heat": heat}
+
+    cards = []
+    for i in range(d_sae):
+        if dead[i]:
+            cards.append({"id": i, "heat_max": 0.0, "hist": {"lo": 0.0, "hi": 0.0,
+                          "counts": [0] * 20}, "top": [], "intervals": [], "words": [],
+                          "near_decoder": [], "near_coact": [], "class_dist": [0] * 10,
+                          "logit_effect": [0.0] * 10, "levels": None})
+            continue
+        top = sorted((ex() for _ in range(8)), key=lambda e: -e["v"])
+        cards.append({
+            "id": i, "heat_max": float(mx[i]),
+            "hist": {"lo": 0.0, "hi": float(mx[i]),
+                     "counts": rng.integers(0, 50, 20).tolist()},
+            "top": top,
+            "intervals": [{"lo": j * mx[i] / 3, "hi": (j + 1) * mx[i] / 3,
+                           "contains": 1 / 3, "examples": [ex() for _ in range(4)]}
+                          for j in range(3)],
+            "words": [[WORDS[(i + j) % 10], 0.6 - 0.1 * j] for j in range(4)],
+            "near_decoder": [[int((i + j * 31) % d_sae), 0.5 - 0.05 * j] for j in range(1, 6)],
+            "near_coact": [[int((i + j * 17) % d_sae), 0.4 - 0.05 * j] for j in range(1, 6)],
+            "class_dist": np.bincount([max(e["cls"], 0) for e in top], minlength=10).tolist(),
+            "logit_effect": rng.normal(0, 0.3, 10).tolist(),
+            "levels": None if embedding else [[4, 0.25], [8, 0.5], [16, 1.0]],
+        })
+    return meta, cards, thumbs
+
+
+class _Dom(HTMLParser):
+    """The bits of a dumped DOM the tests look at: cards, #count, #errors, body[data-ready]."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.cards: list[int] = []
+        self.targets: list[int] = []
+        self.heat_canvases = 0
+        self.ready = None
+        self.errors_hidden = None
+        self.texts: dict[str, str] = {"count": "", "errors": "", "cards": ""}
+        self._stack: list[tuple[str, str | None]] = []
+        self.feed(dom)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "body":
+            self.ready = a.get("data-ready")
+        if "card" in classes and "data-id" in a:
+            self.cards.append(int(a["data-id"]))
+            if "target" in classes:
+                self.targets.append(int(a["data-id"]))
+        if tag == "canvas" and "heat" in classes:
+            self.heat_canvases += 1
+        if a.get("id") == "errors":
+            self.errors_hidden = "hidden" in a
+        if tag not in ("br", "img", "input", "meta", "link", "hr"):
+            self._stack.append((tag, a.get("id")))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for _, ident in self._stack:
+            if ident in self.texts:
+                self.texts[ident] += data
+
+
+@pytest.fixture(scope="module")
+def msae_site(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
+    meta, cards, thumbs = synthetic()
+    out = write_site(tmp_path_factory.mktemp("dash") / "site", meta, cards, thumbs)
+    return out, meta, cards
+
+
+def _open(site: Path, hash_: str = "", **kw) -> tuple[_Dom, list[str]]:
+    result = render((site / "index.html").as_uri() + hash_, **kw)
+    return _Dom(result.dom), result.console_errors
+
+
+def _assert_clean(dom: _Dom, errors: list[str]) -> None:
+    assert errors == [], errors
+    assert dom.ready == "1"
+    assert dom.errors_hidden and dom.texts["errors"].strip() == "", dom.texts["errors"]
+
+
+def _count(dom: _Dom) -> int:
+    m = re.match(r"\s*(\d+) latents?", dom.texts["count"])
+    assert m, dom.texts["count"]
+    return int(m.group(1))
+
+
+# ---------- the writer ----------
+
+def test_write_site_layout_and_rounding(msae_site) -> None:
+    out, meta, _ = msae_site
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["dashboard.css", "dashboard.js", "data/meta.js"] + [
+        f"data/page-{n:04d}.js" for n in range(5)] + ["data/thumbs.png", "index.html"]
+    text = (out / "data" / "meta.js").read_text()
+    assert text.startswith("window.MSAE_DASH = window.MSAE_DASH || {pages: {}};")
+    written = json.loads(text.split("window.MSAE_DASH.meta = ", 1)[1].rstrip().rstrip(";"))
+    assert written["page_size"] == 64 and written["n_pages"] == 5
+    assert written["thumb"] == {"file": "data/thumbs.png", "size": 16, "per_row": 48, "count": 48}
+    assert "thumb" not in meta  # the caller's dict is left alone
+    # 4 significant digits: no float in the data has more
+    digits = [len(re.sub(r"[^0-9]", "", f.split("e")[0]).lstrip("0"))
+              for f in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)]
+    assert digits and max(digits) <= 4
+    assert written["latents"]["freq_image"][0] == float(f"{meta['latents']['freq_image'][0]:.4g}")
+    page3 = (out / "data" / "page-0003.js").read_text()
+    cards3 = json.loads(page3.split("window.MSAE_DASH.pages[3] = ", 1)[1].rstrip().rstrip(";"))
+    assert [c["id"] for c in cards3] == list(range(192, 256))
+    sheet = Image.open(out / "data" / "thumbs.png")
+    assert sheet.size == (48 * 16, 16)
+    assert site_size(out) == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def test_write_site_rejects_bad_inputs(tmp_path) -> None:
+    meta, cards, thumbs = synthetic(d_sae=40, page_size=16)
+    with pytest.raises(DashboardSiteError, match="got 39 cards for d_sae = 40"):
+        write_site(tmp_path / "a", meta, cards[:-1], thumbs)
+    bad = [dict(c) for c in cards]
+    bad[3] = {k: v for k, v in bad[3].items() if k != "id"}
+    with pytest.raises(DashboardSiteError, match="position 3 has no integer 'id'"):
+        write_site(tmp_path / "a", meta, bad, thumbs)
+    bad[3] = dict(cards[3], id=2)
+    with pytest.raises(DashboardSiteError, match="latent 2 has two cards"):
+        write_site(tmp_path / "a", meta, bad, thumbs)
+    with pytest.raises(DashboardSiteError, match="page_size is 0"):
+        write_site(tmp_path / "a", dict(meta, page_size=0), cards, thumbs)
+    with pytest.raises(DashboardSiteError, match="expected uint8"):
+        write_site(tmp_path / "a", meta, cards, thumbs.astype(np.float32))
+    with pytest.raises(DashboardSiteError, match="thumbs holds 5 images"):
+        write_site(tmp_path / "a", meta, cards, thumbs[:5])
+    short = dict(meta, latents=dict(meta["latents"], max=[1.0]))
+    with pytest.raises(DashboardSiteError, match=r"\['max'\] is of length 1"):
+        write_site(tmp_path / "a", short, cards, thumbs)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(DashboardSiteError, match="is not a dashboard"):
+        write_site(other, meta, cards, thumbs)
+    assert (other / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "a").exists()
+
+
+def test_interrupted_build_keeps_the_previous_site(tmp_path, monkeypatch) -> None:
+    meta, cards, thumbs = synthetic(d_sae=40, page_size=16)
+    out = write_site(tmp_path / "site", meta, cards, thumbs)
+    before = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
+    real = site_mod._script
+
+    def dies_on_page_2(assignment: str, value):  # a kill in the middle of the page files
+        if assignment == "pages[2]":
+            raise KeyboardInterrupt
+        return real(assignment, value)
+
+    monkeypatch.setattr(site_mod, "_script", dies_on_page_2)
+    changed = dict(meta, title="new title")
+    with pytest.raises(KeyboardInterrupt):
+        write_site(out, changed, cards, thumbs)
+    assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no staging folder left behind
+    monkeypatch.setattr(site_mod, "_script", real)
+    write_site(out, changed, cards, thumbs)  # replacing a previous site works
+    assert "new title" in (out / "data" / "meta.js").read_text()
+
+
+# ---------- the page in a real browser ----------
+
+def test_default_view_renders_cleanly(msae_site, tmp_path) -> None:
+    out, meta, _ = msae_site
+    shot = tmp_path / "shot.png"
+    dom, errors = _open(out, screenshot=shot)
+    _assert_clean(dom, errors)
+    assert _count(dom) == 300
+    assert dom.cards == list(range(12))  # default: sorted by id, 12 per view
+    assert dom.heat_canvases > 0
+    assert "dead \u2014 never fired on the 2000 images" in dom.texts["cards"]  # latent 5
+    assert "k = 16" in dom.texts["cards"] and "interval" in dom.texts["cards"]
+    # the screenshot shows a page, not a blank sheet
+    assert shot.stat().st_size > 20_000
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (1600, 1280)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
+
+
+def test_search_sort_and_dead_filter(msae_site) -> None:
+    out, meta, _ = msae_site
+    names = meta["latents"]["name"]
+    want = [i for i, n in enumerate(names) if "red" in n.lower()]
+    assert 0 < len(want) < 300
+    dom, errors = _open(out, "#q=red&per=200")
+    _assert_clean(dom, errors)
+    assert _count(dom) == len(want)
+    assert sorted(dom.cards) == want  # exactly the latents whose name contains "red"
+
+    dom, errors = _open(out, "#q=nosuchname")
+    _assert_clean(dom, errors)
+    assert _count(dom) == 0 and dom.cards == []
+
+    dom, errors = _open(out, "#q=42")  # a number matches the id exactly
+    assert _count(dom) == 1 and dom.cards == [42]
+
+    freq = np.asarray(meta["latents"]["freq_image"])
+    dom, errors = _open(out, "#sort=freq&dir=desc")
+    _assert_clean(dom, errors)
+    assert dom.cards[0] == int(np.argmax(freq))
+    assert dom.cards == [int(i) for i in np.argsort(-freq, kind="stable")[:12]]
+
+    n_dead = sum(f == "dead" for f in meta["latents"]["flag"])
+    dom, errors = _open(out, "#sort=freq&dir=asc&dead=hide")
+    _assert_clean(dom, errors)
+    assert _count(dom) == 300 - n_dead
+    alive = np.where(freq > 0)[0]
+    assert dom.cards[0] == int(alive[np.argmin(freq[alive])])
+
+
+def test_jump_to_latent_loads_its_page(msae_site) -> None:
+    out, meta, _ = msae_site
+    dom, errors = _open(out, "#latent=250&per=12")
+    _assert_clean(dom, errors)
+    assert 250 in dom.cards and dom.targets == [250]
+    assert dom.cards == list(range(240, 252))  # the view containing it (sorted by id)
+    # a latent hidden by the search is still shown: the filter is cleared
+    dom, errors = _open(out, "#q=red&latent=3")
+    _assert_clean(dom, errors)
+    assert dom.targets == [3] and _count(dom) == 300
+    # one view spanning several page files: every card rendered with its data
+    dom, errors = _open(out, "#sort=freq&dir=desc&per=24")
+    _assert_clean(dom, errors)
+    pages = {i // 64 for i in dom.cards}
+    assert len(pages) >= 3
+    assert "missing from" not in dom.texts["cards"]
+
+
+def test_embedding_hook_site_without_heat_or_ladder(tmp_path) -> None:
+    meta, cards, thumbs = synthetic(d_sae=70, page_size=32, embedding=True)
+    out = write_site(tmp_path / "site", meta, cards, thumbs)
+    dom, errors = _open(out, "#per=48&sort=max&dir=desc")
+    _assert_clean(dom, errors)
+    assert len(dom.cards) == 48 and dom.heat_canvases == 0
+    assert "MSAE level survival" not in dom.texts["cards"]
+    assert "Top images" in dom.texts["cards"]
+
+
+def test_broken_files_are_reported(msae_site, tmp_path) -> None:
+    """The harness must be able to fail: a broken data file shows up as errors."""
+    assert console_errors('[1:1:1130/0:INFO:CONSOLE:1] "Uncaught x", source: a.js (3)') == [
+        "Uncaught x (a.js:3)"]
+    out, _, _ = msae_site
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in out.rglob("*"):
+        if p.is_file():
+            dest = broken / p.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(p.read_bytes())
+    (broken / "data" / "page-0000.js").write_text("window.MSAE_DASH.pages[0] = [{\"id\": 0,,\n")
+    (broken / "data" / "page-0001.js").unlink()
+    dom, errors = _open(broken)
+    assert any("SyntaxError" in e for e in errors), errors
+    assert not dom.errors_hidden and "page-0000.js" in dom.texts["errors"]
+    assert dom.ready == "1"
+    dom, errors = _open(broken, "#latent=70")
+    assert "could not load data/page-0001.js" in dom.texts["errors"]
+    (broken / "dashboard.js").write_text((out / "dashboard.js").read_text() + "\nnoSuchFunction();\n")
+    dom, errors = _open(broken, "#latent=200")
+    assert any("noSuchFunction" in e for e in errors), errors
