@@ -270,45 +270,53 @@ def _describe_query(info: dict[str, Any]) -> str:
 def plot_grid(results: list[QueryResult], scenes: Any, path: Path, edit_label: str | None,
               target: tuple[str, int] | None) -> None:
     """Per query a row of the query then its results without the edit, and (with a concept) a
-    second row with the edit; results carrying the concept's attribute get a thick frame."""
+    second row with the edit; results carrying the concept's attribute get an orange frame.
+
+    Each row is one image strip on one axes (not one axes per scene): with up to 12 rows of 11
+    scenes, per-scene axes made matplotlib the slowest step of the command."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
+    from matplotlib.patches import Rectangle
 
     shown = results[:MAX_PLOTTED_QUERIES]
     rows = [(r, "no edit", r.plain, r.plain_scores) for r in shown]
     if edit_label is not None:
         rows = [row for r in shown for row in ((r, "no edit", r.plain, r.plain_scores),
                                                (r, edit_label, r.edited, r.edited_scores))]
+    size = scenes.images.shape[-1]
+    pad = size // 4
+    cell = size + pad
     n_cols = 1 + max(len(r.plain) for r in shown)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols, 1.35 * len(rows)),
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * n_cols + 0.6, 0.95 * len(rows)),
                              squeeze=False)
-    for row, (res, label, indices, scores) in enumerate(rows):
-        first = axes[row][0]
+    for (res, label, indices, scores), (ax,) in zip(rows, axes, strict=True):
+        strip = torch.ones(3, size, n_cols * cell - pad)
         if res.query["kind"] == "image":
-            first.imshow(scenes.images[res.query["index"]].permute(1, 2, 0).numpy())
-            first.set_title(f"query #{res.query['index']}", fontsize=7)
+            strip[:, :, :size] = scenes.images[res.query["index"]]
+            ax.text(size / 2, -2, f"query #{res.query['index']}", ha="center", fontsize=6)
         else:
-            first.text(0.5, 0.5, textwrap.fill(res.query["text"], 14), ha="center",
-                       va="center", fontsize=6)
-            first.set_title("text query", fontsize=7)
-        first.set_ylabel(label, fontsize=7)
+            ax.text(size / 2, size / 2, textwrap.fill(res.query["text"], 12), ha="center",
+                    va="center", fontsize=5)
+            ax.text(size / 2, -2, "text query", ha="center", fontsize=6)
         hits = _matches(scenes, indices, target) if target is not None else [False] * len(indices)
-        for col in range(1, n_cols):
-            ax = axes[row][col]
-            if col - 1 < len(indices):
-                i = indices[col - 1]
-                ax.imshow(scenes.images[i].permute(1, 2, 0).numpy())
-                ax.set_title(f"#{i} {scores[col - 1]:.2f}", fontsize=6)
-                for spine in ax.spines.values():
-                    spine.set_linewidth(3 if hits[col - 1] else 0.5)
-                    spine.set_color("orange" if hits[col - 1] else "black")
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        for col, (i, score, hit) in enumerate(zip(indices, scores, hits, strict=True), 1):
+            x0 = col * cell
+            strip[:, :, x0:x0 + size] = scenes.images[i]
+            ax.text(x0 + size / 2, -2, f"#{i} {score:.2f}", ha="center", fontsize=5)
+            if hit:
+                ax.add_patch(Rectangle((x0 - 1.5, -0.5), size + 2, size, fill=False,
+                                       edgecolor="orange", linewidth=2))
+        ax.imshow(strip.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_ylabel(label, fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -343,7 +351,10 @@ def run(args: argparse.Namespace) -> int:
         gallery = model.encode_image(images).float().cpu()
 
     if args.concept is not None:
-        names = name_concepts(sae, model, load_vocabulary(), images=images, method="direction")
+        # direction-based names read the decoder only; images would just mark dead latents,
+        # at the cost of a second pass over the gallery (a latent that never fires leaves the
+        # default strength at 0, which is refused below)
+        names = name_concepts(sae, model, load_vocabulary(), method="direction")
         latents = names.latents_named(args.concept)  # unknown: the nearest valid names
     target = concept_attribute(args.concept, scenes) if args.concept is not None else None
 
