@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -115,11 +116,12 @@ class _Dom(HTMLParser):
     def __init__(self, dom: str) -> None:
         super().__init__()
         self.cards: list[int] = []
+        self.rows: list[int] = []
         self.targets: list[int] = []
         self.heat_canvases = 0
         self.ready = None
         self.errors_hidden = None
-        self.texts: dict[str, str] = {"count": "", "errors": "", "cards": ""}
+        self.texts: dict[str, str] = {"count": "", "errors": "", "cards": "", "head": ""}
         self._stack: list[tuple[str, str | None]] = []
         self.feed(dom)
 
@@ -132,6 +134,8 @@ class _Dom(HTMLParser):
             self.cards.append(int(a["data-id"]))
             if "target" in classes:
                 self.targets.append(int(a["data-id"]))
+        if tag == "tr" and "data-id" in a:
+            self.rows.append(int(a["data-id"]))
         if tag == "canvas" and "heat" in classes:
             self.heat_canvases += 1
         if a.get("id") == "errors":
@@ -160,6 +164,12 @@ def msae_site(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
 def _open(site: Path, hash_: str = "", **kw) -> tuple[_Dom, list[str]]:
     result = render((site / "index.html").as_uri() + hash_, **kw)
     return _Dom(result.dom), result.console_errors
+
+
+def _open_many(site: Path, hashes: list[str]) -> list[tuple[_Dom, list[str]]]:
+    """Render several states at once (each Chromium mostly waits on its own start-up)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda h: _open(site, h), hashes))
 
 
 def _assert_clean(dom: _Dom, errors: list[str]) -> None:
@@ -260,6 +270,9 @@ def test_default_view_renders_cleanly(msae_site, tmp_path) -> None:
     _assert_clean(dom, errors)
     assert _count(dom) == 300
     assert dom.cards == list(range(12))  # default: sorted by id, 12 per view
+    assert dom.rows == dom.cards  # the index lists the current view only
+    for text in ("msae", "blocks.2.hook_resid_post", "max over patch tokens", "4, 8, 16"):
+        assert text in dom.texts["head"]
     assert dom.heat_canvases > 0
     assert "dead \u2014 never fired on the 2000 images" in dom.texts["cards"]  # latent 5
     assert "k = 16" in dom.texts["cards"] and "interval" in dom.texts["cards"]
@@ -273,50 +286,43 @@ def test_default_view_renders_cleanly(msae_site, tmp_path) -> None:
 def test_search_sort_and_dead_filter(msae_site) -> None:
     out, meta, _ = msae_site
     names = meta["latents"]["name"]
+    freq = np.asarray(meta["latents"]["freq_image"])
     want = [i for i, n in enumerate(names) if "red" in n.lower()]
     assert 0 < len(want) < 300
-    dom, errors = _open(out, "#q=red&per=200")
-    _assert_clean(dom, errors)
-    assert _count(dom) == len(want)
-    assert sorted(dom.cards) == want  # exactly the latents whose name contains "red"
-
-    dom, errors = _open(out, "#q=nosuchname")
-    _assert_clean(dom, errors)
-    assert _count(dom) == 0 and dom.cards == []
-
-    dom, errors = _open(out, "#q=42")  # a number matches the id exactly
-    assert _count(dom) == 1 and dom.cards == [42]
-
-    freq = np.asarray(meta["latents"]["freq_image"])
-    dom, errors = _open(out, "#sort=freq&dir=desc")
-    _assert_clean(dom, errors)
-    assert dom.cards[0] == int(np.argmax(freq))
-    assert dom.cards == [int(i) for i in np.argsort(-freq, kind="stable")[:12]]
-
     n_dead = sum(f == "dead" for f in meta["latents"]["flag"])
-    dom, errors = _open(out, "#sort=freq&dir=asc&dead=hide")
-    _assert_clean(dom, errors)
-    assert _count(dom) == 300 - n_dead
     alive = np.where(freq > 0)[0]
-    assert dom.cards[0] == int(alive[np.argmin(freq[alive])])
+    red, nothing, by_id, desc, asc_alive = _open_many(out, [
+        "#q=red&per=100", "#q=nosuchname", "#q=42", "#sort=freq&dir=desc",
+        "#sort=freq&dir=asc&dead=hide",
+    ])
+    for dom, errors in (red, nothing, by_id, desc, asc_alive):
+        _assert_clean(dom, errors)
+    assert _count(red[0]) == len(want)
+    assert sorted(red[0].cards) == want  # exactly the latents whose name contains "red"
+    assert _count(nothing[0]) == 0 and nothing[0].cards == [] and nothing[0].rows == []
+    assert _count(by_id[0]) == 1 and by_id[0].cards == [42]  # a number matches the id exactly
+    assert desc[0].cards[0] == int(np.argmax(freq))
+    assert desc[0].cards == [int(i) for i in np.argsort(-freq, kind="stable")[:12]]
+    assert _count(asc_alive[0]) == 300 - n_dead
+    assert asc_alive[0].cards[0] == int(alive[np.argmin(freq[alive])])
+    assert not any(i in asc_alive[0].cards for i in np.where(freq == 0)[0])
 
 
 def test_jump_to_latent_loads_its_page(msae_site) -> None:
     out, meta, _ = msae_site
-    dom, errors = _open(out, "#latent=250&per=12")
-    _assert_clean(dom, errors)
-    assert 250 in dom.cards and dom.targets == [250]
-    assert dom.cards == list(range(240, 252))  # the view containing it (sorted by id)
+    jump, hidden, spread = _open_many(out, [
+        "#latent=250&per=12", "#q=red&latent=3", "#sort=freq&dir=desc&per=24"])
+    for dom, errors in (jump, hidden, spread):
+        _assert_clean(dom, errors)
+    assert jump[0].targets == [250]
+    assert jump[0].cards == list(range(240, 252))  # the view containing it (sorted by id)
     # a latent hidden by the search is still shown: the filter is cleared
-    dom, errors = _open(out, "#q=red&latent=3")
-    _assert_clean(dom, errors)
-    assert dom.targets == [3] and _count(dom) == 300
+    assert hidden[0].targets == [3] and _count(hidden[0]) == 300
     # one view spanning several page files: every card rendered with its data
-    dom, errors = _open(out, "#sort=freq&dir=desc&per=24")
-    _assert_clean(dom, errors)
-    pages = {i // 64 for i in dom.cards}
-    assert len(pages) >= 3
-    assert "missing from" not in dom.texts["cards"]
+    assert len({i // 64 for i in spread[0].cards}) >= 3
+    assert "missing from" not in spread[0].texts["cards"]
+    assert spread[0].texts["cards"].count("Top images") == 24 - sum(
+        meta["latents"]["flag"][i] == "dead" for i in spread[0].cards)
 
 
 def test_embedding_hook_site_without_heat_or_ladder(tmp_path) -> None:

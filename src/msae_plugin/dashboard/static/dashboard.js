@@ -24,6 +24,7 @@
   var renderToken = 0;
   var pageLoads = {};
   var meta = null;
+  var shownView = 0; // the view on screen (latent= overrides view=, so prev/next start from here)
 
   /* ---------- errors ---------- */
   function reportError(msg) {
@@ -237,6 +238,14 @@
     ctx.putImageData(img, 0, 0);
     return cv;
   }
+  function legend(heatMax) {
+    var stops = VIRIDIS.map(function (c, i) {
+      return "rgb(" + c.join(",") + ") " + (100 * i / (VIRIDIS.length - 1)).toFixed(0) + "%";
+    });
+    return h("span", { cls: "legend", title: "heat-map colour scale of this card (patch activation)" }, [
+      "0", h("span", { cls: "ramp", style: "background:linear-gradient(to right," + stops.join(",") + ")" }), fmt(heatMax)
+    ]);
+  }
   function example(ex, px, small) {
     var T = meta.thumb;
     var scale = px / T.size;
@@ -361,7 +370,11 @@
 
     var topBox = h("div", { cls: "thumbs" });
     card.top.forEach(function (ex) { topBox.appendChild(example(ex, 64, false)); });
-    node.appendChild(h("h3", {}, ["Top images ", h("span", { cls: "sub", text: "(score: " + (meta.image_score || "image score") + ")" })]));
+    var hasHeat = meta.grid && card.top.some(function (e) { return e.heat; });
+    node.appendChild(h("h3", {}, [
+      "Top images ", h("span", { cls: "sub", text: "(score: " + (meta.image_score || "image score") + ")" }),
+      hasHeat ? legend(card.heat_max) : null
+    ]));
     node.appendChild(topBox);
 
     if (card.intervals && card.intervals.length) {
@@ -455,10 +468,10 @@
         h("td", { cls: "num", text: String(i) }),
         h("td", {}, [nameNode(i)]),
         h("td", { cls: "num", text: pct(L.freq_image[i]) }),
-        h("td", { cls: "num", text: pct(L.freq_token[i]) }),
+        h("td", { cls: "num col-token", text: pct(L.freq_token[i]) }),
         h("td", { cls: "num", text: fmt(L.mean_active[i]) }),
         h("td", { cls: "num", text: fmt(L.max[i]) }),
-        h("td", { cls: "num", text: L.level[i] === null || L.level[i] === undefined ? "\u2013" : String(L.level[i]) }),
+        h("td", { cls: "num col-level", text: L.level[i] === null || L.level[i] === undefined ? "\u2013" : String(L.level[i]) }),
         h("td", {}, [L.flag[i] ? h("span", { cls: "badge " + L.flag[i], text: L.flag[i] }) : null])
       ]);
       tr.addEventListener("click", function () {
@@ -481,6 +494,7 @@
       } else if (all.indexOf(st.latent) < 0) {
         st.q = ""; st.dead = "show"; // the filter hides it: clear the filter so that it can be shown
         all = sortIds(matches(st), st);
+        try { history.replaceState(null, "", hashOf(st)); } catch (e) { /* keep the old hash */ }
       }
       var pos = all.indexOf(st.latent);
       if (pos >= 0) { st.view = Math.floor(pos / st.per); }
@@ -488,6 +502,7 @@
     var nViews = Math.max(1, Math.ceil(all.length / st.per));
     st.view = Math.min(st.view, nViews - 1);
     var ids = all.slice(st.view * st.per, (st.view + 1) * st.per);
+    shownView = st.view;
 
     // controls mirror the state
     var search = el("search");
@@ -538,8 +553,14 @@
     });
     el("hide-dead").addEventListener("change", function () { go({ dead: el("hide-dead").checked ? "hide" : "show", view: 0 }); });
     el("per").addEventListener("change", function () { go({ per: parseInt(el("per").value, 10), view: 0 }); });
-    el("prev").addEventListener("click", function () { var st = readState(); go({ view: Math.max(0, currentView(st) - 1) }); });
-    el("next").addEventListener("click", function () { var st = readState(); go({ view: currentView(st) + 1 }); });
+    el("prev").addEventListener("click", function () { go({ view: Math.max(0, shownView - 1) }); });
+    el("next").addEventListener("click", function () { go({ view: shownView + 1 }); });
+    document.addEventListener("keydown", function (ev) {
+      var tag = ev.target && ev.target.tagName;
+      if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || ev.altKey || ev.ctrlKey || ev.metaKey) { return; }
+      if (ev.key === "ArrowLeft" && !el("prev").disabled) { el("prev").click(); }
+      if (ev.key === "ArrowRight" && !el("next").disabled) { el("next").click(); }
+    });
     el("jump-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
       var v = parseInt(el("jump").value, 10);
@@ -554,11 +575,6 @@
     });
     window.addEventListener("hashchange", render);
   }
-  /** The view shown now (latent= overrides view=, so prev/next start from what is on screen). */
-  function currentView(st) {
-    var m = /view (\d+) of/.exec(el("pageinfo").textContent);
-    return m ? parseInt(m[1], 10) - 1 : st.view;
-  }
 
   function start() {
     meta = DASH.meta;
@@ -571,6 +587,9 @@
       return;
     }
     renderHeader();
+    // an embedding hook has one token per image (freq/token = freq/image); a non-MSAE no levels
+    if (!(meta.tokens_per_image > 1)) { document.body.classList.add("no-token"); }
+    if (!meta.sae.ladder) { document.body.classList.add("no-ladder"); }
     wireControls();
     render();
   }
