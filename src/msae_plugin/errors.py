@@ -134,3 +134,9 @@ class BiasAnalysisError(ValueError):
     """A concept bias analysis that cannot run as asked: labels or groups missing or of the
     wrong length, a concept name without the names to resolve it, clamp values that do not
     match the latents, a classifier whose output is not ``[n, classes]`` logits."""
+
+
+class DashboardError(ValueError):
+    """A feature dashboard that cannot be built as asked: an SAE whose hook the model lacks or of
+    the wrong width for it, an empty image set, labels of the wrong length, a page size the page
+    cannot hold (the message says what to change)."""

@@ -135,25 +135,94 @@ def decoder_directions(sae: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
+def level_shares(sae: Any, inputs: torch.Tensor, top_idx: torch.Tensor,
+                 chunk: int = 256) -> torch.Tensor | None:
+    """``[len(ladder), d_sae]``: per ladder k, the share of latent j's top inputs
+    ``inputs[top_idx[j]]`` on which TopK at k selects j. ``None`` without a ladder.
+
+    ``inputs``: ``[n, d_in]`` or ``[n, tokens, d_in]``; with tokens, an input counts as selected
+    when j is selected at **its strongest token** on that image (largest pre-activation of j).
+    Why not "at any token": that needs every latent's rank on every token of every top image
+    (a full sort of ``tokens x top x d_sae`` rows, minutes at d_sae = 4096); the strongest token is
+    where the latent means what it means on that image, and it needs one rank per (image,
+    latent). Selection follows the MSAE's own TopK rule: ``pre_j > 0`` and fewer than ``k``
+    latents with a larger ``pre·‖W_dec‖`` (``activate``); a test checks it against
+    ``sae.encode(x, k)``. Why a share and not a yes/no: it shows how a latent enters the
+    hierarchy (the dashboard plots it per k)."""
+    ladder = _ladder(sae)
+    if ladder is None:
+        return None
+    d_sae, n_top = top_idx.shape
+    ks = torch.tensor(ladder)
+    rank_scale = sae.W_dec.detach().norm(dim=-1).float()
+    out = torch.zeros(len(ladder), d_sae)
+    for c in range(0, d_sae, chunk):
+        lat = torch.arange(c, min(c + chunk, d_sae))
+        x = inputs[top_idx[lat]].to(sae.device, sae.dtype)  # [m, top, (tokens,) d_in]
+        if x.dim() == 4:  # strongest token of each (image, latent)
+            pre_j = torch.einsum("mtsd,md->mts", sae.process_sae_in(x).float(),
+                                 sae.W_enc[:, lat].T.float()) + sae.b_enc[lat].float()[:, None, None]
+            best = pre_j.argmax(-1)  # [m, top]
+            x = x.gather(2, best[..., None, None].expand(-1, -1, 1, x.shape[-1])).squeeze(2)
+        pre = sae.hidden_pre_from(x.reshape(-1, x.shape[-1])).float()  # [m*top, d_sae]
+        own = lat.repeat_interleave(n_top)
+        mine = pre[torch.arange(len(pre)), own]
+        score = pre * rank_scale
+        rank = (score > score[torch.arange(len(pre)), own][:, None]).sum(-1)  # [m*top]
+        sel = (mine > 0)[None] & (rank[None] < ks[:, None])  # [L, m*top]
+        out[:, lat] = sel.view(len(ladder), len(lat), n_top).float().mean(-1)
+    return out
+
+
+def levels_from_shares(shares: torch.Tensor | None, ladder: list[int] | None,
+                       d_sae: int) -> list[int | None]:
+    """Per latent the smallest k whose share (:func:`level_shares`) is at least one half."""
+    result: list[int | None] = [None] * d_sae
+    if shares is None or ladder is None:
+        return result
+    reached = shares >= 0.5  # [L, d_sae]
+    first = torch.where(reached.any(0), reached.float().argmax(0), -1)
+    return [ladder[int(i)] if i >= 0 else None for i in first]
+
+
 def min_levels(sae: Any, inputs: torch.Tensor, top_idx: torch.Tensor) -> list[int | None]:
     """Per latent j, the smallest ladder k whose TopK selects j on at least half of its top
-    inputs ``inputs[top_idx[j]]``. ``inputs``: ``[n, d_in]`` or ``[n, tokens, d_in]`` (selected
-    on an image = on any of its tokens). ``None`` for non-MSAE SAEs or latents never selected."""
-    ladder = _ladder(sae)
-    d_sae = top_idx.shape[0]
-    if ladder is None:
-        return [None] * d_sae
-    result: list[int | None] = [None] * d_sae
-    for k in ladder:
-        sel = torch.cat([(sae.encode(inputs[i:i + 512].to(sae.dtype), k=k) > 0).cpu()
-                         for i in range(0, len(inputs), 512)])
-        if sel.dim() == 3:
-            sel = sel.any(dim=1)
-        frac = sel.float().gather(0, top_idx.T).mean(0)  # [d_sae]
-        for j in range(d_sae):
-            if result[j] is None and frac[j] >= 0.5:
-                result[j] = k
-    return result
+    inputs ``inputs[top_idx[j]]``. ``None`` for non-MSAE SAEs or latents never selected."""
+    return levels_from_shares(level_shares(sae, inputs, top_idx), _ladder(sae), top_idx.shape[0])
+
+
+def activation_directions(emb: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
+    """``[d_sae, D]`` activation-based concept directions: the mean unit image embedding of each
+    latent's top images minus the mean over all images (what the images share beyond CLIP's
+    common component), normalised. ``emb``: ``[n, D]`` unit embeddings."""
+    return F.normalize(emb[top_idx].mean(1) - emb.mean(0), dim=-1)
+
+
+def name_latents(
+    directions: torch.Tensor,
+    text: torch.Tensor,
+    vocabulary: list[str],
+    alive: list[bool],
+    levels: list[int | None],
+    min_score: float = MIN_SCORE,
+    min_margin: float = MIN_MARGIN,
+) -> list[LatentName]:
+    """One :class:`LatentName` per direction: best word, runner-up, margin and the validity
+    rule (alive, score >= ``min_score``, margin >= ``min_margin``)."""
+    latents = []
+    for j, (word, score, second, margin) in enumerate(_match(directions, text, vocabulary)):
+        valid = alive[j] and score >= min_score and margin >= min_margin
+        latents.append(LatentName(j, word, score, second, margin, bool(valid), levels[j],
+                                  bool(alive[j])))
+    return latents
+
+
+def top_words(directions: torch.Tensor, text: torch.Tensor, vocabulary: list[str],
+              n: int = 5) -> list[list[tuple[str, float]]]:
+    """Per direction the ``n`` vocabulary words of highest cosine, best first."""
+    top = (directions @ text.T).topk(min(n, len(vocabulary)), dim=-1)
+    return [[(vocabulary[int(i)], float(v)) for v, i in zip(vs, ix, strict=True)]
+            for vs, ix in zip(top.values, top.indices, strict=True)]
 
 
 def _match(directions: torch.Tensor, text: torch.Tensor, words: list[str]) -> list[tuple]:
@@ -239,12 +308,8 @@ def name_concepts(
         alive = (codes > 0).any(0).tolist()
         levels = min_levels(sae, inputs, top_idx)
         if method == "activation":
-            directions = F.normalize(emb[top_idx].mean(1) - emb.mean(0), dim=-1)
+            directions = activation_directions(emb, top_idx)
 
-    latents = []
-    for j, (word, score, second, margin) in enumerate(_match(directions, text, vocabulary)):
-        valid = alive[j] and score >= min_score and margin >= min_margin
-        latents.append(LatentName(j, word, score, second, margin, bool(valid), levels[j],
-                                  bool(alive[j])))
+    latents = name_latents(directions, text, vocabulary, alive, levels, min_score, min_margin)
     return ConceptNames(method, hook, list(vocabulary), latents, _ladder(sae),
                         {"min_score": min_score, "min_margin": min_margin})
