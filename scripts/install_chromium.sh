@@ -24,11 +24,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "install_chromium: apt-get install -y --no-install-recommends chromium"
-if ! apt-get install -y --no-install-recommends chromium; then
+echo "install_chromium: apt-get install -y chromium"
+if ! apt-get install -y chromium; then
     echo "install_chromium: install failed; running apt-get update and retrying"
     apt-get update
-    apt-get install -y --no-install-recommends chromium
+    apt-get install -y chromium
 fi
 command -v chromium >/dev/null 2>&1 || { echo "install_chromium: chromium still missing" >&2; exit 1; }
 echo "install_chromium: installed $(command -v chromium) ($(chromium --version 2>/dev/null || true))"

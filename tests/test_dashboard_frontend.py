@@ -9,6 +9,7 @@ about half a second; the page is driven through its URL hash.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -358,3 +359,103 @@ def test_broken_files_are_reported(msae_site, tmp_path) -> None:
     (broken / "dashboard.js").write_text((out / "dashboard.js").read_text() + "\nnoSuchFunction();\n")
     dom, errors = _open(broken, "#latent=200")
     assert any("noSuchFunction" in e for e in errors), errors
+
+
+DRIVER = r"""
+(function () {
+  // clicks and types like a user, one step per settled render; the log lands in <pre id=drive>
+  var log = [];
+  function ready(cb) {
+    var t = setInterval(function () {
+      if (document.body.dataset.ready === "1") { clearInterval(t); cb(); }
+    }, 20);
+  }
+  function snap(label) {
+    var cards = document.querySelectorAll(".card");
+    var target = document.querySelector(".card.target");
+    log.push({label: label, hash: location.hash, n: cards.length,
+              first: cards.length ? +cards[0].dataset.id : null,
+              target: target ? +target.dataset.id : null,
+              count: document.getElementById("count").textContent,
+              raw: document.querySelectorAll(".card.raw").length});
+  }
+  var steps = [
+    ["sort max", function () { document.querySelector('th[data-sort="max"]').click(); }],
+    ["sort max again", function () { document.querySelector('th[data-sort="max"]').click(); }],
+    ["next", function () { document.getElementById("next").click(); }],
+    ["arrow right", function () {
+      document.dispatchEvent(new KeyboardEvent("keydown", {key: "ArrowRight", bubbles: true}));
+    }],
+    ["search red", function () {
+      var s = document.getElementById("search");
+      s.value = "red";
+      s.dispatchEvent(new Event("input", {bubbles: true}));
+    }],
+    ["hide dead", function () { document.getElementById("hide-dead").click(); }],
+    ["toggle raw", function () { document.querySelector(".card .toggle").click(); }],
+    ["neighbour", function () { document.querySelector(".near a").click(); }],
+    ["jump 123", function () {
+      document.getElementById("jump").value = "123";
+      document.getElementById("jump-form").requestSubmit();
+    }],
+    ["per 6", function () {
+      var p = document.getElementById("per");
+      p.value = "6";
+      p.dispatchEvent(new Event("change", {bubbles: true}));
+    }]
+  ];
+  function run(i) {
+    if (i === steps.length) {
+      var pre = document.createElement("pre");
+      pre.id = "drive";
+      pre.textContent = JSON.stringify(log);
+      document.body.appendChild(pre);
+      return;
+    }
+    steps[i][1]();
+    setTimeout(function () { ready(function () { snap(steps[i][0]); run(i + 1); }); }, 400);
+  }
+  ready(function () { snap("start"); run(0); });
+})();
+"""
+
+
+def test_controls_drive_the_page(msae_site, tmp_path) -> None:
+    """Clicks on headers, prev/next, search typing, the filter, toggles and links all work."""
+    out, meta, cards = msae_site
+    site = tmp_path / "site"
+    for p in out.rglob("*"):
+        if p.is_file():
+            dest = site / p.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(p.read_bytes())
+    (site / "drive.js").write_text(DRIVER)
+    index = (site / "index.html").read_text()
+    (site / "index.html").write_text(index.replace(
+        '<script src="dashboard.js"></script>',
+        '<script src="dashboard.js"></script>\n<script src="drive.js"></script>'))
+    result = render((site / "index.html").as_uri(), budget_ms=20000)
+    assert result.console_errors == []
+    m = re.search(r'<pre id="drive">(.*?)</pre>', result.dom, re.S)
+    assert m, "the driver did not finish"
+    log = {s["label"]: s for s in json.loads(html.unescape(m.group(1)))}
+    mx = np.asarray(meta["latents"]["max"])
+    desc = [int(i) for i in np.argsort(-mx, kind="stable")]
+    asc = [int(i) for i in np.argsort(mx, kind="stable")]
+    assert log["start"]["first"] == 0 and log["start"]["n"] == 12
+    assert log["sort max"]["first"] == desc[0] and "sort=max&dir=desc" in log["sort max"]["hash"]
+    assert log["sort max again"]["first"] == asc[0] and "dir=asc" in log["sort max again"]["hash"]
+    assert log["next"]["first"] == asc[12] and "view=1" in log["next"]["hash"]
+    assert log["arrow right"]["first"] == asc[24]
+    names = meta["latents"]["name"]
+    n_red = sum("red" in n for n in names)
+    assert log["search red"]["count"].startswith(f"{n_red} latents")
+    assert "q=red" in log["search red"]["hash"] and "view=0" in log["search red"]["hash"]
+    assert log["hide dead"]["count"].startswith(f"{n_red} latents")  # dead ones have no name
+    assert "dead=hide" in log["hide dead"]["hash"]
+    assert log["toggle raw"]["raw"] == 1
+    first_red = log["hide dead"]["first"]
+    neighbour = cards[first_red]["near_decoder"][0][0]
+    assert log["neighbour"]["target"] == neighbour
+    assert log["jump 123"]["target"] == 123 and "latent=123" in log["jump 123"]["hash"]
+    assert log["per 6"]["n"] == 6 and "per=6" in log["per 6"]["hash"]
