@@ -22,7 +22,7 @@ from browser import console_errors, render
 from PIL import Image
 
 from msae_plugin.dashboard import site as site_mod
-from msae_plugin.dashboard.site import DashboardSiteError, site_size, write_site
+from msae_plugin.dashboard.site import DashboardSiteError, check_site_dir, site_size, write_site
 
 NAMES = ["red", "green", "blue", "stripes", "dots", "redwood", "bored", "sky", "", ""]
 WORDS = ["red", "green", "blue", "stripe", "dot", "sky", "tree", "cat", "dog", "sun"]
@@ -234,8 +234,11 @@ def test_write_site_rejects_bad_inputs(tmp_path) -> None:
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(DashboardSiteError, match="is not a dashboard"):
+    with pytest.raises(DashboardSiteError, match="is a folder that is not a dashboard"):
         write_site(other, meta, cards, thumbs)
+    with pytest.raises(DashboardSiteError, match="is a file"):
+        check_site_dir(other / "keep.txt")
+    assert check_site_dir(tmp_path / "new") == tmp_path / "new"
     assert (other / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "a").exists()
 

@@ -203,6 +203,20 @@ def _looks_like_site(path: Path) -> bool:
     return (path / "index.html").is_file() and (path / "data" / "meta.js").is_file()
 
 
+def check_site_dir(out_dir: str | Path) -> Path:
+    """Refuse an output folder that :func:`write_site` would have to delete (cheap: call it
+    before hours of collection). A missing or empty folder, or an earlier dashboard, is fine."""
+    out_dir = Path(out_dir)
+    if not _looks_like_site(out_dir):
+        what = "a file" if out_dir.exists() and not out_dir.is_dir() else (
+            "a folder that is not a dashboard (no index.html and data/meta.js)")
+        raise DashboardSiteError(
+            f"{out_dir} is {what}; writing the site there would delete it. Pass a new or empty "
+            "folder, or the folder of an earlier dashboard to replace it"
+        )
+    return out_dir
+
+
 def write_site(out_dir: str | Path, meta: dict, cards: list[dict], thumbs: Any) -> Path:
     """Write the dashboard folder ``out_dir`` atomically and return its path.
 
@@ -219,11 +233,7 @@ def write_site(out_dir: str | Path, meta: dict, cards: list[dict], thumbs: Any) 
     page_size = meta.get("page_size", 64)
     d_sae = _check(meta, cards, images.shape[0], page_size)
     page_size = int(page_size)
-    if not _looks_like_site(out_dir):
-        raise DashboardSiteError(
-            f"{out_dir} exists and is not a dashboard (no index.html and data/meta.js); "
-            "writing the site would delete its contents. Pass a new or empty folder"
-        )
+    check_site_dir(out_dir)
     missing = [name for name in STATIC_FILES if not (STATIC_DIR / name).is_file()]
     if missing:
         raise DashboardSiteError(
