@@ -31,6 +31,7 @@ COMMANDS = {
     "probes": "msae_plugin.commands.probes",
     "bias": "msae_plugin.commands.bias",
     "search": "msae_plugin.commands.search",
+    "dashboard": "msae_plugin.commands.dashboard",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)
