@@ -339,29 +339,42 @@ def test_embedding_hook_site_without_heat_or_ladder(tmp_path) -> None:
     assert "Top images" in dom.texts["cards"]
 
 
+def _copy_site(src: Path, dest: Path) -> Path:
+    for p in src.rglob("*"):
+        if p.is_file():
+            target = dest / p.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    return dest
+
+
 def test_broken_files_are_reported(msae_site, tmp_path) -> None:
-    """The harness must be able to fail: a broken data file shows up as errors."""
+    """The harness must be able to fail: broken or missing files show up as errors."""
     assert console_errors('[1:1:1130/0:INFO:CONSOLE:1] "Uncaught x", source: a.js (3)') == [
         "Uncaught x (a.js:3)"]
     out, _, _ = msae_site
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for p in out.rglob("*"):
-        if p.is_file():
-            dest = broken / p.relative_to(out)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(p.read_bytes())
-    (broken / "data" / "page-0000.js").write_text("window.MSAE_DASH.pages[0] = [{\"id\": 0,,\n")
-    (broken / "data" / "page-0001.js").unlink()
-    dom, errors = _open(broken)
+    pages = _copy_site(out, tmp_path / "pages")
+    (pages / "data" / "page-0000.js").write_text("window.MSAE_DASH.pages[0] = [{\"id\": 0,,\n")
+    (pages / "data" / "page-0001.js").unlink()
+    no_meta = _copy_site(out, tmp_path / "no_meta")
+    (no_meta / "data" / "meta.js").unlink()
+    bad_js = _copy_site(out, tmp_path / "bad_js")
+    (bad_js / "dashboard.js").write_text((out / "dashboard.js").read_text() + "\nnoSuchFn();\n")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        corrupt, missing, meta_gone, js = pool.map(lambda a: _open(*a), [
+            (pages, ""), (pages, "#latent=70"), (no_meta, ""), (bad_js, "#latent=200")])
+    dom, errors = corrupt
     assert any("SyntaxError" in e for e in errors), errors
     assert not dom.errors_hidden and "page-0000.js" in dom.texts["errors"]
     assert dom.ready == "1"
-    dom, errors = _open(broken, "#latent=70")
-    assert "could not load data/page-0001.js" in dom.texts["errors"]
-    (broken / "dashboard.js").write_text((out / "dashboard.js").read_text() + "\nnoSuchFunction();\n")
-    dom, errors = _open(broken, "#latent=200")
-    assert any("noSuchFunction" in e for e in errors), errors
+    dom, errors = missing
+    assert "could not load data/page-0001.js" in dom.texts["errors"] and not dom.errors_hidden
+    assert 70 in dom.cards  # the card is there, saying its data is missing
+    dom, errors = meta_gone
+    assert "could not load data/meta.js" in dom.texts["errors"] and dom.cards == []
+    dom, errors = js
+    assert any("noSuchFn" in e for e in errors), errors
+    assert "a script failed" in dom.texts["errors"] and not dom.errors_hidden
 
 
 DRIVER = r"""
@@ -426,12 +439,7 @@ DRIVER = r"""
 def test_controls_drive_the_page(msae_site, tmp_path) -> None:
     """Clicks on headers, prev/next, search typing, the filter, toggles and links all work."""
     out, meta, cards = msae_site
-    site = tmp_path / "site"
-    for p in out.rglob("*"):
-        if p.is_file():
-            dest = site / p.relative_to(out)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(p.read_bytes())
+    site = _copy_site(out, tmp_path / "site")
     (site / "drive.js").write_text(DRIVER)
     index = (site / "index.html").read_text()
     (site / "index.html").write_text(index.replace(

@@ -38,7 +38,11 @@
   window.addEventListener("error", function (ev) {
     // resource errors (img/script) do not bubble here; script errors do
     var where = ev.filename ? " (" + ev.filename.split("/").pop() + ":" + ev.lineno + ")" : "";
-    reportError("error: " + (ev.message || "unknown error") + where);
+    var msg = ev.message || "unknown error";
+    if (/^Script error\.?$/.test(msg)) { // file:// pages hide other scripts' error details
+      msg = "a script failed (the browser hides the details of file:// scripts; the developer console shows them)";
+    }
+    reportError("error: " + msg + where);
   });
   window.addEventListener("unhandledrejection", function (ev) {
     var r = ev.reason;
