@@ -461,7 +461,11 @@
     body.textContent = "";
     el("index").querySelectorAll("th[data-sort]").forEach(function (th) {
       th.classList.remove("sorted-asc", "sorted-desc");
-      if (th.getAttribute("data-sort") === st.sort) { th.classList.add("sorted-" + st.dir); }
+      th.removeAttribute("aria-sort");
+      if (th.getAttribute("data-sort") === st.sort) {
+        th.classList.add("sorted-" + st.dir);
+        th.setAttribute("aria-sort", st.dir === "asc" ? "ascending" : "descending");
+      }
     });
     if (!ids.length) {
       body.appendChild(h("tr", {}, [h("td", { cls: "empty", colspan: 8, text: "no latent matches this filter" })]));
@@ -571,6 +575,11 @@
       if (v >= 0) { var st = readState(); st.latent = v; location.hash = hashOf(st); }
     });
     el("index").querySelectorAll("th[data-sort]").forEach(function (th) {
+      th.tabIndex = 0; // sortable by keyboard too
+      th.title = "sort by " + th.textContent + " (click again to reverse)";
+      th.addEventListener("keydown", function (ev) {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); th.click(); }
+      });
       th.addEventListener("click", function () {
         var f = th.getAttribute("data-sort"), st = readState();
         var dir = st.sort === f ? (st.dir === "asc" ? "desc" : "asc") : (DESC_FIRST[f] ? "desc" : "asc");
