@@ -86,6 +86,12 @@ def test_cli_bad_inputs_exit_2_with_the_fix(tmp_path, capsys):
     assert "page_size must be" in capsys.readouterr().err
     assert main(["dashboard", str(tmp_path / "missing"), "--out", str(tmp_path / "b")]) == 2
     assert "missing" in capsys.readouterr().err
+    other = tmp_path / "not_a_site"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["dashboard", f"{RELEASE}:hook_image_embed", "--out", str(other)]) == 2
+    assert "would delete it" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty_images"
     empty.mkdir()
     assert main(["dashboard", f"{RELEASE}:hook_image_embed", "--images", str(empty),

@@ -78,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
     from msae_plugin.commands._common import prepare_output_dir
     from msae_plugin.concepts import load_vocabulary
     from msae_plugin.dashboard import build_dashboard, check_page_size, site_size
+    from msae_plugin.dashboard.site import check_site_dir
     from msae_plugin.embedded.dataset import CLASS_NAMES, make_digit_scenes
     from msae_plugin.vision.hooked_clip import HookedOpenCLIP
     from msae_plugin.vision.loading import EMBEDDED_MODELS
 
     out = prepare_output_dir(args.out)
+    check_site_dir(out)  # a folder holding other files is refused, not deleted
     vocabulary = load_vocabulary(args.vocab)
     sae = load_sae(args.sae)
     check_page_size(sae.cfg.d_sae, args.page_size)

@@ -269,12 +269,13 @@ def build_dashboard(out: str | Path, sae: Any, model: Any, images: torch.Tensor,
                     **kwargs: Any) -> Path:
     """Collect (:func:`collect_dashboard`, same keyword arguments) and write the site to
     ``out``; returns the path of its ``index.html``."""
-    from msae_plugin.dashboard.site import write_site
+    from msae_plugin.dashboard.site import check_site_dir, write_site
     from msae_plugin.preflight import ensure_writable_dir
 
-    out = Path(out)
+    out = Path(out)  # every check that needs no model runs before the collection
     ensure_writable_dir(out.parent if out.parent != Path("") else Path("."), f"output {out}",
                         "Pass a folder you can write to.")
+    check_site_dir(out)
     check_page_size(sae.cfg.d_sae, kwargs.get("page_size", 64))
     data = collect_dashboard(sae, model, images, **kwargs)
     site = write_site(out, data.meta, data.cards, data.thumbs)
