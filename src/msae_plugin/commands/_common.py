@@ -81,3 +81,28 @@ def check_output_entries(folder: Path, files: tuple[str, ...] = (), folders: tup
                 f"{option} {folder}: {target} is a file, but the command writes a folder there. "
                 "Move it away or pass another --out."
             )
+
+
+def load_sae(spec: str, error: type[Exception] | None = None,
+             example: str = "msae-tiny-clip-msae:hook_image_embed"):
+    """The SAE a command names: an SAELens folder, or ``RELEASE:SAE_ID`` through
+    ``SAE.from_pretrained`` (which also finds the releases plugins register, such as the shipped
+    ``msae-tiny-clip-msae``). A missing folder or an unknown release / id raises ``error``
+    (default :class:`msae_plugin.errors.CheckpointError`) with the fix."""
+    from sae_lens import SAE
+
+    from msae_plugin.errors import CheckpointError
+    from msae_plugin.msae.checkpoint_check import validate_checkpoint
+
+    error = error or CheckpointError
+    if Path(spec).exists() or ":" not in spec:
+        if not Path(spec).exists():
+            raise error(f"SAE {spec}: no such folder. Pass an SAELens SAE folder or "
+                        f"RELEASE:SAE_ID, e.g. {example}.")
+        validate_checkpoint(spec)  # names the missing/damaged file and the fix
+        return SAE.load_from_disk(spec).eval()
+    release, sae_id = spec.split(":", 1)
+    try:
+        return SAE.from_pretrained(release, sae_id).eval()
+    except ValueError as exc:  # SAELens's unknown release / sae_id, with the valid ids
+        raise error(f"SAE {spec} (RELEASE:SAE_ID): {exc}") from None

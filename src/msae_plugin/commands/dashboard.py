@@ -35,21 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_sae(spec: str):
-    """An SAE from a folder, or from ``RELEASE:SAE_ID`` through SAELens's pretrained loader."""
-    from pathlib import Path
-
-    from sae_lens import SAE
-
-    from msae_plugin.msae.checkpoint_check import validate_checkpoint
-
-    if not Path(spec).exists() and ":" in spec:
-        release, sae_id = spec.split(":", 1)
-        return SAE.from_pretrained(release, sae_id).eval()
-    validate_checkpoint(spec)  # names the missing/damaged file and the fix
-    return SAE.load_from_disk(spec).eval()
-
-
 def _folder_images(folder: str, n: int, model):
     """First ``n`` images of a folder (sorted), labels from their sub-folder names."""
     from pathlib import Path
@@ -75,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """Cheap checks (output folder, page size, vocabulary) run before models load."""
     import time
 
-    from msae_plugin.commands._common import prepare_output_dir
+    from msae_plugin.commands._common import load_sae, prepare_output_dir
     from msae_plugin.concepts import load_vocabulary
     from msae_plugin.dashboard import build_dashboard, check_page_size, site_size
     from msae_plugin.dashboard.site import check_site_dir

@@ -117,25 +117,11 @@ def check_request(args: argparse.Namespace) -> None:
 
 
 def load_sae(spec: str) -> Any:
-    """An SAE from a folder, or from ``RELEASE:SAE_ID`` through ``SAE.from_pretrained`` (which
-    also finds the releases plugins register, such as the shipped ``msae-tiny-clip-msae``)."""
-    from sae_lens import SAE
+    """The SAE to search with (``_common.load_sae``, errors as ``ConceptSearchError``)."""
+    from msae_plugin.commands._common import load_sae as load
+    from msae_plugin.errors import ConceptSearchError
 
-    from msae_plugin.msae.checkpoint_check import validate_checkpoint
-
-    if Path(spec).exists() or ":" not in spec:
-        if not Path(spec).exists():
-            raise _search_error(
-                f"SAE {spec}: no such folder. Pass an SAELens SAE folder or RELEASE:SAE_ID, "
-                f"e.g. msae-tiny-clip-msae:{SEARCH_HOOK}."
-            )
-        validate_checkpoint(spec)  # names the missing/damaged file and the fix
-        return SAE.load_from_disk(spec).eval()
-    release, sae_id = spec.split(":", 1)
-    try:
-        return SAE.from_pretrained(release, sae_id).eval()
-    except ValueError as exc:  # SAELens's unknown release / sae_id, with the valid ids
-        raise _search_error(f"SAE {spec} (RELEASE:SAE_ID): {exc}") from None
+    return load(spec, ConceptSearchError, f"msae-tiny-clip-msae:{SEARCH_HOOK}")
 
 
 def check_sae(sae: Any, spec: str, latents: list[int] | None) -> None:
