@@ -108,6 +108,8 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
         self.blocks = nn.ModuleList(HookedBlock(b) for b in visual.transformer.resblocks)
         self.hook_ln_post = HookPoint()
         self.hook_image_embed = HookPoint()
+        # MaPLe-style deep visual prompt tokens (see set_visual_prompts); None = the plain model.
+        self.visual_prompts: nn.Module | None = None
 
         parts, pool_type, eos_id = _text_parts(clip)
         self.text_unsupported_reason = (
@@ -257,9 +259,15 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
         x = x + self.hook_pos_embed(v.positional_embedding.to(x.dtype).unsqueeze(0).expand(b, -1, -1))
-        x = v.ln_pre(v.patch_dropout(x))
+        x = v.patch_dropout(x)
+        prompts = self.visual_prompts
+        if prompts is not None:  # appended after the patch tokens, after the positional embedding
+            x = prompts.append(x)
+        x = v.ln_pre(x)
         blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
-        for block in blocks:
+        for i, block in enumerate(blocks):
+            if prompts is not None:  # deep prompts: replaced before each of the first `depth` blocks
+                x = prompts.before_block(i, x)
             x = block(x)
         if stop_at_layer is not None:
             return x
@@ -272,6 +280,31 @@ class HookedOpenCLIP(SAESplicingMixin, HookedRootModule):
         if v.proj is not None:
             pooled = pooled @ v.proj
         return self.hook_image_embed(pooled)
+
+    def set_visual_prompts(self, prompts: nn.Module | None) -> HookedOpenCLIP:
+        """Carry visual prompt tokens (``msae_plugin.adaptation.VisualPrompts``) or drop them (None).
+
+        The prompts are appended after the patch tokens and replaced before each of their first
+        ``depth`` blocks, so every ``blocks.{i}.*`` image hook (and ``hook_ln_post``) gains
+        ``prompts.n_ctx`` positions at the end; ``hook_embed`` / ``hook_pos_embed`` keep the
+        plain token count. The module checks that it fits this model (width, depth, CLS pooling).
+        """
+        if prompts is not None:
+            for attr in ("append", "before_block", "check_fits"):
+                if not callable(getattr(prompts, attr, None)):
+                    raise ModelInputError(
+                        f"visual prompts must provide append/before_block/check_fits (use "
+                        f"msae_plugin.adaptation.VisualPrompts), got {type(prompts).__name__}"
+                    )
+            prompts.check_fits(self)
+            prompts = prompts.to(device=self.device)
+        self.visual_prompts = prompts
+        return self
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        """Visual prompt positions at the end of every block's residual stream (0 = none)."""
+        return 0 if self.visual_prompts is None else int(self.visual_prompts.n_ctx)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Hooked equivalent of ``open_clip``'s ``encode_image``."""
