@@ -140,3 +140,9 @@ class DashboardError(ValueError):
     """A feature dashboard that cannot be built as asked: an SAE whose hook the model lacks or of
     the wrong width for it, an empty image set, labels of the wrong length, a page size the page
     cannot hold (the message says what to change)."""
+
+
+class RemappingError(ValueError):
+    """A remapping analysis that cannot run as asked: models whose hooks cannot be aligned
+    (width or token count), an SAE trained on another hook, k outside 1..d_sae, a class without
+    examples, a threshold <= 0."""
