@@ -208,8 +208,8 @@ def test_task_split_and_shift():
 
 @pytest.fixture(scope="module")
 def small_runs(train_data):
-    """Short runs (40 steps) of both methods: seconds each."""
-    pl = train_prompts(train_data, steps=40, batch_size=48, lr=0.02)
+    """Short runs of both methods (80 prompt steps, 40 fine-tuning steps): seconds each."""
+    pl = train_prompts(train_data, steps=80, batch_size=32, lr=0.02)
     ft = finetune_image_tower(train_data, steps=40, batch_size=48, lr=5e-4)
     return {"prompt": pl, "finetune": ft}
 
