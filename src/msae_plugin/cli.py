@@ -32,6 +32,7 @@ COMMANDS = {
     "bias": "msae_plugin.commands.bias",
     "search": "msae_plugin.commands.search",
     "dashboard": "msae_plugin.commands.dashboard",
+    "remapping": "msae_plugin.commands.remapping",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)

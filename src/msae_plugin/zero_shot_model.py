@@ -71,3 +71,13 @@ class ZeroShotModel:
             pred = self.logits(images[i:i + batch_size], fwd_hooks).argmax(-1).cpu()
             correct += int((pred == labels[i:i + batch_size].cpu()).sum())
         return correct / max(1, len(images))
+
+    def subset(self, classes: Sequence[int], name: str | None = None) -> ZeroShotModel:
+        """The same model scored against only ``classes`` (in that order): the base-to-novel
+        protocol classifies each half among its own classes."""
+        idx = list(classes)
+        if not idx or any(not 0 <= c < len(self.class_names) for c in idx):
+            raise ValueError(f"classes must be ids in [0, {len(self.class_names)}), got {classes!r}")
+        return ZeroShotModel(self.model, self.class_embeddings[idx],
+                             [self.class_names[c] for c in idx], self.logit_scale,
+                             name or self.name, dict(self.info))

@@ -12,7 +12,11 @@ from msae_plugin.remapping.counts import n_base_tokens, sae_codes
 
 
 def _plt():
+    import logging
+
     import matplotlib
+
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # no font-fallback noise
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -120,15 +124,21 @@ def plot_patch_view(base: Any, adapted: Any, sae: Any, image: torch.Tensor, raw:
     """One image: its latents' activations on the patch grid, base (top row) and adapted
     (bottom row), side by side. ``image``: preprocessed ``[3, H, W]``; ``raw``: ``[3, H, W]`` in
     [0, 1] for display. Default latents: those whose image-level activation changes most."""
+    from msae_plugin.errors import RemappingError
+    from msae_plugin.vision.hook_names import block_of
+
     plt = _plt()
     hook = str(sae.cfg.metadata.hook_name)
+    if block_of(hook) is None:
+        raise RemappingError(f"{hook!r} has no patch tokens (one vector per image); the per-patch "
+                             "view needs an SAE on a block hook such as blocks.2.hook_resid_post.")
     grids, n_tok = {}, n_base_tokens(base.model)
     gh, gw = base.model.cfg.grid_size
     prefix = int(base.model.cfg.n_prefix_tokens)
     for z in (base, adapted):
         _, cache = z.model.run_with_cache(image[None], names_filter=[hook])
         codes = sae_codes(sae, cache[hook][:, :n_tok], k).float()[0]  # [tokens, d_sae]
-        grids[z.name] = codes[prefix:].T.reshape(-1, gh, gw)  # [d_sae, gh, gw]
+        grids[z.name] = codes[prefix:].permute(1, 0).reshape(-1, gh, gw)  # [d_sae, gh, gw]
     if latents is None:
         diff = (grids[adapted.name].mean((1, 2)) - grids[base.name].mean((1, 2))).abs()
         latents = diff.topk(n_latents).indices.tolist()
