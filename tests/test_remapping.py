@@ -156,3 +156,29 @@ def test_bad_inputs(base, perturbed, sae, data, monkeypatch):
                          list(CLASS_NAMES), 100.0, "tiny")
     with pytest.raises(RemappingError, match="token layouts differ"):
         compare_models(base, tiny, sae, data[0], data[1], progress=False)
+
+
+def test_base_to_novel_classifies_each_half_among_its_classes(base, perturbed, sae, data):
+    from msae_plugin.remapping.protocol import _half, base_to_novel
+
+    (xte, yte) = data[1]
+    x, y = _half(xte, yte, [5, 7, 9])
+    assert len(x) == int(torch.isin(yte, torch.tensor([5, 7, 9])).sum())
+    assert set(y.tolist()) == {0, 1, 2}
+    assert torch.equal(torch.tensor([5, 7, 9])[y], yte[torch.isin(yte, torch.tensor([5, 7, 9]))])
+    sub = base.subset([5, 7, 9])
+    assert sub.class_names == ["five", "seven", "nine"]
+    assert torch.equal(sub.class_embeddings, base.class_embeddings[[5, 7, 9]])
+    res = base_to_novel(base, perturbed, sae, data[0], data[1], [0, 1, 2, 3, 4], k=K, ks=[10],
+                        selections=("class",), progress=False)
+    assert set(res) == {"base", "novel"}
+    assert res["novel"].class_names == ["five", "six", "seven", "eight", "nine"]
+    # accuracy of the base half = 5-way accuracy computed directly
+    xb, yb = _half(*data[1], [0, 1, 2, 3, 4])
+    direct = (base.subset(range(5)).logits(xb).argmax(-1) == yb).float()
+    per_class = torch.stack([direct[yb == c].mean() for c in range(5)])
+    assert torch.allclose(res["base"].curves["base"].original, per_class)
+    top = res["base"].class_top_latents(3)
+    assert len(top) == 5 and len(top[0]["base"]) == 3
+    with pytest.raises(RemappingError, match="disjoint"):
+        base_to_novel(base, perturbed, sae, data[0], data[1], [0, 1], [1, 2], progress=False)

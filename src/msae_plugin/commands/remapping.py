@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
               f"{zsm.name} {100 * h['adapted_sae']:.1f} %, {zsm.name} with only the "
               f"{h['base_active_latents']} base-active latents {100 * h['adapted_base_latents_only']:.1f} % "
               f"-> {100 * h['recovered']:.0f} % of the gain kept")
+        print("\nclass-wise top latents (base classes; latent:count of active (image, token) pairs)")
+        for row in results["base"].class_top_latents(5):
+            cells = ["  ".join(f"{j}:{n}" for j, n in row[m]) for m in results["base"].names]
+            print(f"  {row['class']:>6}  {base.name}: {cells[0]}  |  {zsm.name}: {cells[1]}")
         print()
         print(format_rows([r for r in masking_rows(results) if r["split"] == "base"]))
         tag = zsm.name.replace("/", "_")

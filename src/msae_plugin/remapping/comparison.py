@@ -83,6 +83,19 @@ class RemappingResult:
                  f"{a}_acc": 100 * float(self.curves[a].original[c])}
                 for c in range(len(self.class_names))]
 
+    def class_top_latents(self, n: int = 5) -> list[dict[str, Any]]:
+        """Per class, each model's ``n`` latents with the largest class-level counts (the
+        paper's class-wise latents), as ``[latent, count]`` pairs."""
+        rows = []
+        for c, name in enumerate(self.class_names):
+            row: dict[str, Any] = {"class": name}
+            for m in self.names:
+                counts = self.train[m].counts[c]
+                top = torch.argsort(-counts, stable=True)[:n]
+                row[m] = [[int(j), int(counts[j])] for j in top]
+            rows.append(row)
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         def split_means(curve: MaskingCurve) -> dict[str, Any]:
             return {"all": curve.mean(), "base": curve.mean(self.base_classes),
@@ -94,6 +107,7 @@ class RemappingResult:
             "class_names": self.class_names, "base_classes": self.base_classes,
             "novel_classes": self.novel_classes,
             "summary": self.summary_rows(), "per_class": self.class_rows(),
+            "class_top_latents": self.class_top_latents(),
             "headline": self.headline, "shifts": self.shifts,
             "freq": {m: s.freq.tolist() for m, s in self.test.items()},
             "mean_active": {m: s.mean_active.tolist() for m, s in self.test.items()},
