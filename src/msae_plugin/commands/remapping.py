@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nheadline (base classes, SAE spliced): base {100 * h['base_sae']:.1f} %, "
               f"{zsm.name} {100 * h['adapted_sae']:.1f} %, {zsm.name} with only the "
               f"{h['base_active_latents']} base-active latents {100 * h['adapted_base_latents_only']:.1f} % "
-              f"-> {100 * h['recovered']:.0f} % of the gain kept")
+              f"-> {100 * h['recovered']:.0f} % of the gain kept; {h['adapted_only_latents']} "
+              f"latents are active (> tau) on {zsm.name} only")
         print("\nclass-wise top latents (base classes; latent:count of active (image, token) pairs)")
         for row in results["base"].class_top_latents(5):
             cells = ["  ".join(f"{j}:{n}" for j, n in row[m]) for m in results["base"].names]

@@ -223,7 +223,9 @@ def compare_models(
         "adapted_original": mean_over(curves[adapted.name].original, base_cls),
     }
     gain = acc["adapted_sae"] - acc["base_sae"]
+    adapted_active = tr[adapted.name].dataset_counts > 0
     headline = {**acc, "base_active_latents": int(base_active.sum()),
+                "adapted_only_latents": int((adapted_active & ~base_active).sum()),
                 "recovered": (acc["adapted_base_latents_only"] - acc["base_sae"]) / gain
                 if abs(gain) > 1e-9 else float("nan")}
 
