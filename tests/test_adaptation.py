@@ -214,11 +214,15 @@ def small_runs(train_data):
     return {"prompt": pl, "finetune": ft}
 
 
-@pytest.mark.parametrize("method", ["prompt", "finetune"])
-def test_adaptation_raises_shifted_base_class_accuracy(base, test_data, small_runs, method):
+@pytest.mark.parametrize("method,gain", [("prompt", 0.06), ("finetune", 0.12)])
+def test_adaptation_raises_shifted_base_class_accuracy(base, test_data, small_runs, method, gain):
+    """Measured here: 41.2 % -> 51.3 % (prompts, 80 steps) and 59.8 % (fine-tuning, 40 steps)
+    on 306 held-out base-class images; the full runs reach 68.8 % / 87.2 %."""
+    train = small_runs[method].info["train"]
+    assert train["final_loss"] < 0.6 * train["first_loss"]
     before = evaluate(base, test_data)["base"]
     after = evaluate(small_runs[method], test_data)["base"]
-    assert after > before + 0.08, (method, before, after)
+    assert after > before + gain, (method, before, after)
 
 
 def test_prompt_learning_leaves_the_model_frozen(base, small_runs):
