@@ -109,7 +109,8 @@ def test_hook_shapes_gain_the_prompt_positions(images):
     assert cache["blocks.1.attn.hook_pattern"].shape == (6, 3, 67, 67)
     assert cache["hook_ln_post"].shape == (6, 67, 96)
     assert cache["hook_image_embed"].shape == (6, 64)
-    assert torch.equal(m(images, stop_at_layer=3), cache["blocks.2.hook_resid_post"])
+    # (attention-pattern hooks switch to the explicit attention path: equal up to float error)
+    torch.testing.assert_close(m(images, stop_at_layer=3), cache["blocks.2.hook_resid_post"])
     for i in (1, 2):  # deep prompts: the block input's last positions are exactly prompts[i]
         assert torch.equal(cache[f"blocks.{i}.hook_resid_pre"][:, 65:], vp.prompts[i].expand(6, -1, -1))
     assert not torch.equal(cache["blocks.3.hook_resid_pre"][:, 65:], vp.prompts[2].expand(6, -1, -1))
