@@ -271,3 +271,26 @@ def test_shipped_models_beat_the_base_model_as_recorded(base):
         _, cache = zsm.model.run_with_cache(test.images[:2], names_filter=["blocks.2.hook_resid_post"])
         assert cache["blocks.2.hook_resid_post"].shape == (2, expected_tokens, 96)
         assert F.normalize(zsm.class_embeddings, dim=-1).allclose(zsm.class_embeddings, atol=1e-5)
+
+
+def test_spliced_sae_skips_cls_and_prompt_tokens_on_a_prompted_model(images):
+    """exclude_special_tokens=True on a model with visual prompts: CLS and the prompt positions
+    keep their activations, the patches get the reconstruction (the mask covers 65 + n_ctx)."""
+    from sae_lens import SAE
+
+    from msae_plugin.adaptation import load_adapted_model
+
+    zsm = load_adapted_model("prompt-learning")
+    model, n = zsm.model, zsm.model.n_prompt_tokens
+    sae = SAE.from_pretrained("msae-tiny-clip-msae", "blocks.2.hook_resid_post").eval()
+    hook = "blocks.2.hook_resid_post"
+    x = images[:4]
+    _, ref = model.run_with_cache(x, names_filter=[hook])
+    out = f"{hook}.hook_sae_output"
+    _, c = model.run_with_cache_with_saes(x, saes=[sae], exclude_special_tokens=True,
+                                          names_filter=[out])
+    spliced = c[out]
+    assert spliced.shape[1] == 65 + n
+    assert torch.allclose(spliced[:, 0], ref[hook][:, 0])
+    assert torch.allclose(spliced[:, -n:], ref[hook][:, -n:])
+    assert not torch.allclose(spliced[:, 1:65], ref[hook][:, 1:65])

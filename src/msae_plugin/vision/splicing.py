@@ -172,10 +172,13 @@ class SAESplicingMixin:
             return None
         batch = input.shape[0]
         if tower_of(hook) == "image":
-            seq = self.cfg.n_ctx  # type: ignore[attr-defined]
-            if spec is True:
+            n_prompts = int(getattr(self, "n_prompt_tokens", 0))  # adaptation's visual prompts
+            seq = self.cfg.n_ctx + n_prompts  # type: ignore[attr-defined]
+            if spec is True:  # CLS and any appended prompt tokens are special
                 mask = torch.zeros(batch, seq, dtype=torch.bool, device=input.device)
                 mask[:, : self.cfg.n_prefix_tokens] = True  # type: ignore[attr-defined]
+                if n_prompts:
+                    mask[:, seq - n_prompts:] = True
                 return mask
             if isinstance(spec, torch.Tensor):
                 return _position_mask(spec, batch, seq, "images", "tokens (CLS + patches)",
