@@ -146,3 +146,9 @@ class RemappingError(ValueError):
     """A remapping analysis that cannot run as asked: models whose hooks cannot be aligned
     (width or token count), an SAE trained on another hook, k outside 1..d_sae, a class without
     examples, a threshold <= 0."""
+
+
+class GroupError(ValueError):
+    """A finite-group testbed request that cannot run: an unknown group name, a group too large
+    to enumerate, a model whose output size does not match its group, an explanation for another
+    group."""
