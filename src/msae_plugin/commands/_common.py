@@ -106,3 +106,24 @@ def load_sae(spec: str, error: type[Exception] | None = None,
         return SAE.from_pretrained(release, sae_id).eval()
     except ValueError as exc:  # SAELens's unknown release / sae_id, with the valid ids
         raise error(f"SAE {spec} (RELEASE:SAE_ID): {exc}") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (a NaN strength would silently blank every result)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value

@@ -6,19 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from msae_plugin.commands._common import non_negative_int, positive_int
+from msae_plugin.commands._common import non_negative_int, positive_float, positive_int
 
 DEFAULT_SAE = "msae-tiny-clip-msae:blocks.2.hook_resid_post"
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

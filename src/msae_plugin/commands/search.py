@@ -11,13 +11,12 @@ second."""
 from __future__ import annotations
 
 import argparse
-import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msae_plugin.commands._common import non_negative_int, positive_int
+from msae_plugin.commands._common import finite_float, non_negative_int, positive_int
 
 #: the hook whose activations are the CLIP image embeddings the search edits and compares
 SEARCH_HOOK = "hook_image_embed"
@@ -26,17 +25,6 @@ TABLE_ATTRIBUTES = ("colour", "rotation", "thickness", "background")
 #: queries drawn in search.png (the JSON and the tables hold all of them)
 MAX_PLOTTED_QUERIES = 6
 FILES = ("search.json", "search.png")
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (a NaN strength would silently blank every result)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
