@@ -149,12 +149,12 @@ def action(irrep: Irrep, points: torch.Tensor, tol: float = 1e-6) -> torch.Tenso
 def _subgroup_closure(group: FiniteGroup, elems: list[int]) -> list[int]:
     have = {0, *elems}
     frontier = list(have)
-    table = group.table
+    table = group.table.tolist()
     while frontier:
         new = []
         for g in frontier:
             for h in list(have):
-                for k in (int(table[g, h]), int(table[h, g])):
+                for k in (table[g][h], table[h][g]):
                     if k not in have:
                         have.add(k)
                         new.append(k)
