@@ -285,9 +285,13 @@ def inversion_check(model: GroupMLP, circuits: Sequence[GroundTruthCircuit],
                     steps: int = 1500, batch_size: int = 128, lr: float = 1e-3,
                     d_model: int = 64, holdout: float = 0.2, n_queries: int = 64,
                     n_samples: int = 16, epsilon: float = 0.1, seed: int = 0,
-                    progress: bool = False) -> InversionResult:
-    """Train one decoder on ``hook_post`` and one on the two embedding hooks (their widths
-    differ) on the training split of input pairs; score held-out queries at each site."""
+                    progress: bool = False,
+                    site_groups: Sequence[Sequence[str]] = (("hook_post",),
+                                                            ("hook_embed_l", "hook_embed_r")),
+                    ) -> InversionResult:
+    """Train one decoder per entry of ``site_groups`` (by default one on ``hook_post`` and one
+    on the two embedding hooks: a decoder has one activation width, and d_embed ≠ m in a trained
+    GroupMLP) on the training split of input pairs; score held-out queries at each site."""
     probed = GroupSequenceModel(model).eval()
     train_pairs, held = split_pairs(model.group.order, holdout, seed)
     held = held[:n_queries]
@@ -295,7 +299,10 @@ def inversion_check(model: GroupMLP, circuits: Sequence[GroundTruthCircuit],
         "group": model.group.name, "steps": steps, "batch_size": batch_size, "lr": lr,
         "d_model": d_model, "holdout": holdout, "n_queries": len(held), "n_samples": n_samples,
         "epsilon": epsilon, "seed": seed, "hook_positions": HOOK_POSITIONS})
-    for hooks in (["hook_post"], ["hook_embed_l", "hook_embed_r"]):
+    for hooks in map(list, site_groups):
+        unknown = [h for h in hooks if h not in HOOK_POSITIONS]
+        if unknown:
+            raise ValueError(f"unknown sites {unknown}; the adapter has {list(HOOK_POSITIONS)}")
         width = activations_at(probed, probed.encode(held[:1, 0], held[:1, 1]), hooks[0]).shape[-1]
         dec = make_decoder(probed, width, len(hooks), d_model=d_model, seed=seed)
         pairs = GroupPairs(probed, hooks, train_pairs, seed=seed)

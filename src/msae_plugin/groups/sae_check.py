@@ -74,6 +74,69 @@ class GroundTruthCircuit:
         return max(self.b_index) + 1 if self.b_index else 0
 
 
+def irrep_matrices(group: FiniteGroup, generators: torch.Tensor) -> torch.Tensor:
+    """``[|G|, d, d]``: ρ of every element from ρ of ``group.generator_ids`` (breadth-first,
+    ρ(g·s) = ρ(g)ρ(s)). Built from the explanation's own generators, so the coset patterns use
+    exactly the basis its ρ-set points are written in."""
+    n, d = group.order, generators.shape[-1]
+    out = torch.zeros(n, d, d, dtype=torch.float64)
+    known = torch.zeros(n, dtype=torch.bool)
+    out[group.identity] = torch.eye(d, dtype=torch.float64)
+    known[group.identity] = True
+    frontier = [group.identity]
+    while frontier:
+        nxt = []
+        for g in frontier:
+            for k, s in enumerate(group.generator_ids):
+                h = int(group.table[g, s])
+                if not known[h]:
+                    out[h] = out[g] @ generators[k].double()
+                    known[h] = True
+                    nxt.append(h)
+        frontier = nxt
+    return out
+
+
+def circuits_from_explanation(explanation: Any, group: FiniteGroup) -> list[GroundTruthCircuit]:
+    """The circuits of an :class:`~msae_plugin.groups.explain.Explanation` (constructed ground
+    truth or extracted from a trained net) as :class:`GroundTruthCircuit` s, named
+    ``<irrep>#<index>``."""
+    explanation.check_group(group)
+    out = []
+    for i, c in enumerate(explanation.circuits):
+        out.append(GroundTruthCircuit(
+            name=f"{c.irrep}#{i}", irrep=c.irrep, neurons=c.neurons.tolist(),
+            a_index=c.pairs[:, 0].tolist(), b_index=c.pairs[:, 1].tolist(),
+            rho=irrep_matrices(group, c.generators), a_points=c.left_set.double(),
+            b_points=c.right_set.double()))
+    return out
+
+
+def combine_networks(parts: Sequence[tuple[FoldedWeights, Any]], group: FiniteGroup
+                     ) -> tuple[FoldedWeights, Any]:
+    """Put constructed networks side by side on disjoint neurons (tables concatenated, neuron
+    ids of each part's circuits shifted). Every part's logits are maximal at z = x·y, so the
+    sum is too; this gives one testbed with circuits of several irreps."""
+    import copy
+
+    from msae_plugin.groups.explain import Explanation
+
+    tables: list[list[torch.Tensor]] = [[], [], []]
+    circuits, offset = [], 0
+    for folded, expl in parts:
+        folded.check(group)
+        for t, w in zip(tables, (folded.w_l, folded.w_r, folded.w_u), strict=True):
+            t.append(w)
+        for c in expl.circuits:
+            c = copy.copy(c)
+            c.neurons = c.neurons + offset
+            circuits.append(c)
+        offset += folded.n_neurons
+    folded = FoldedWeights(*(torch.cat(t).contiguous() for t in tables))
+    return folded, Explanation(group=group.name, n_neurons=offset, circuits=circuits,
+                               unexplained=[], fraction_neurons=1.0, fraction_norm=1.0)
+
+
 def exhaustive_pairs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every pair ``(x, y)``, x-major (the order :meth:`GroupMLP.all_pairs` uses)."""
     ids = torch.arange(n * n)
