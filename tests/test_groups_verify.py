@@ -169,7 +169,7 @@ def test_tied_circuit_is_never_certified():
 # --- soundness ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("noise", [0.003, 0.03, 0.1, 0.4])
+@pytest.mark.parametrize("noise", [0.003, 0.05, 0.4])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bound_never_exceeds_accuracy_on_perturbed_s4_networks(noise, seed):
     g, clean, truth = network("S4", 2)

@@ -363,60 +363,56 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
             details.update(hidden_error_max=float((ax[:, None] + by[None, :]).max()),
                            unembed_const=const)
         else:
+            a_lt, a_rt = a_l.T.contiguous(), a_r.T.contiguous()
+            i_lt, i_rt = ideal.w_l.T.contiguous(), ideal.w_r.T.contiguous()
             for x0 in range(0, n, chunk):
                 xs = torch.arange(x0, min(n, x0 + chunk))
-                h = torch.relu(a_l[:, xs, None] + a_r[:, None, :])  # [M, cx, n]
-                ht = torch.relu(ideal.w_l[:, xs, None] + ideal.w_r[:, None, :])
-                err = torch.einsum("i,ixy->xy", rg_ideal, (h - ht).abs()) + torch.einsum(
-                    "i,ixy->xy", rg_delta, h)
+                h = torch.relu(a_lt[xs, None, :] + a_rt[None, :, :])  # [cx, n, M]
+                ht = torch.relu(i_lt[xs, None, :] + i_rt[None, :, :])
+                err = (h - ht).abs_() @ rg_ideal + h @ rg_delta  # [cx, n]
                 lower = mu + bmargin[table[xs]] - err
                 certified += int((lower > slack).sum())
-    else:  # tier C_r
-        real = ideal.rows >= 0
-        w_tilde = torch.zeros_like(a_u)
-        blocks = []
+    else:  # tier C_r: only real neurons matter (a virtual neuron's actual h is 0)
+        real = torch.nonzero(ideal.rows >= 0).flatten()
         groups: dict[int, list[int]] = {}
         for ci, rho in enumerate(ideal.rho):  # circuits sharing ρ share one trace
             groups.setdefault(id(rho), []).append(ci)
+        circ = ideal.circuit[real]
+        k_cols, r_rows = [], []
         for cis in groups.values():
             rho = ideal.rho[cis[0]]
-            sel = torch.isin(ideal.circuit, torch.tensor(cis)) & real
             d = rho.shape[-1]
-            k_mat = torch.einsum("ij,ik->ijk", ideal.vec_a[sel, :d], ideal.vec_b[sel, :d])
-            k_flat = k_mat.reshape(-1, d * d)  # vec(a κ·share·bᵀ)
-            r_flat = rho.reshape(n, d * d).T.contiguous()  # [d², n]
-            w_tilde[sel] = k_flat @ r_flat
-            sel_idx = torch.nonzero(sel).flatten()
-            blocks.append((sel_idx, k_flat, r_flat))
-        resid = a_u - w_tilde
-        resid = torch.where(real[:, None], resid, torch.zeros_like(resid))
+            member = torch.isin(circ, torch.tensor(cis)).to(torch.float64)[:, None]
+            va = ideal.vec_a[real, :d] * member
+            k_cols.append(torch.einsum("ij,ik->ijk", va, ideal.vec_b[real, :d]).reshape(-1, d * d))
+            r_rows.append(rho.reshape(n, d * d).T)  # vec(ρ(z)): tr(ρ(z)·b aᵀ) = aᵀρ(z)b
+        k_all = torch.cat(k_cols, 1) if k_cols else torch.zeros(len(real), 0, dtype=torch.float64)
+        r_all = torch.cat(r_rows, 0) if r_rows else torch.zeros(0, n, dtype=torch.float64)
+        resid = a_u[real] - k_all @ r_all  # W_U − W̃_U on the real neurons
         r = min(rank, min(resid.shape))
         if r > 0:
             u, s, vh = torch.linalg.svd(resid, full_matrices=False)
-            left_r = u[:, :r] * s[:r]  # [M, r]
-            right_r = vh[:r]  # [r, n]
-            rest = resid - left_r @ right_r
+            k_all = torch.cat([k_all, u[:, :r] * s[:r]], 1)
+            r_all = torch.cat([r_all, vh[:r]], 0)
+            rest = resid - (u[:, :r] * s[:r]) @ vh[:r]
         else:
-            left_r = right_r = None
             rest = resid
         rg_rest = _range(rest)
+        k_all, r_all = k_all.contiguous(), r_all.contiguous()
         bias = folded.bias.to(torch.float64) if folded.bias is not None else None
-        scale_ref = 1.0 + float(_range(a_u).sum())
-        slack = SLACK * scale_ref
+        slack = SLACK * (1.0 + float(_range(a_u).sum()))
+        a_lt = a_l[real].T.contiguous()  # [n, R]
+        a_rt = a_r[real].T.contiguous()
         for x0 in range(0, n, chunk):
             xs = torch.arange(x0, min(n, x0 + chunk))
-            h = torch.relu(a_l[:, xs, None] + a_r[:, None, :]).reshape(len(ideal.rows), -1).T
-            logits = torch.zeros(h.shape[0], n, dtype=torch.float64)
-            for sel, k_flat, r_flat in blocks:
-                logits += (h[:, sel] @ k_flat) @ r_flat  # tr(ρ(z) Σ_i h_i κ_i b_i a_iᵀ)
-            if left_r is not None:
-                logits += (h @ left_r) @ right_r
+            h = torch.relu(a_lt[xs, None, :] + a_rt[None, :, :]).reshape(-1, len(real))
+            logits = (h @ k_all) @ r_all  # Σ_ρ tr(ρ(z) Σ_i h_i κ_i b_i a_iᵀ) + top-r residual
             if bias is not None:
-                logits = logits + bias
+                logits += bias
             err = h @ rg_rest  # [N]
-            zstar = table[xs].reshape(-1)
-            right = logits.gather(1, zstar[:, None])[:, 0]
-            wrong = logits.scatter(1, zstar[:, None], -float("inf")).max(1).values
+            zstar = table[xs].reshape(-1, 1)
+            right = logits.gather(1, zstar)[:, 0]
+            wrong = logits.scatter_(1, zstar, -float("inf")).max(1).values
             certified += int(((right - wrong - err) > slack).sum())
     oracle_bound = None
     if oracle and mu > 0:
