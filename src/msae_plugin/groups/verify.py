@@ -337,7 +337,9 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
         rg_ideal = _range(ideal.w_u)  # [M]
         rg_delta = _range(a_u - ideal.w_u)
         virtual = ideal.rows < 0
-        slack = SLACK * (scale_ref + float((rg_ideal + rg_delta).sum()))
+        b_abs = float(folded.bias.abs().max()) if folded.bias is not None else 0.0
+        # the logits are at most |F̃| + error + |bias| in size: the slack scales with them
+        slack0 = SLACK * (scale_ref + b_abs + float((rg_ideal + rg_delta).sum()))
         if tier == "B":
             dl = (a_l - ideal.w_l).abs()  # [M, n]
             dr = (a_r - ideal.w_r).abs()
@@ -359,7 +361,7 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
                 const += float(g_pair.max()) * float(h_pair.sum())
             err = ax[:, None] + by[None, :] + const  # [x, y]
             lower = mu + bmargin[table] - err
-            certified = int((lower > slack).sum())
+            certified = int((lower > slack0 + SLACK * err).sum())
             details.update(hidden_error_max=float((ax[:, None] + by[None, :]).max()),
                            unembed_const=const)
         else:
@@ -371,7 +373,7 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
                 ht = torch.relu(i_lt[xs, None, :] + i_rt[None, :, :])
                 err = (h - ht).abs_() @ rg_ideal + h @ rg_delta  # [cx, n]
                 lower = mu + bmargin[table[xs]] - err
-                certified += int((lower > slack).sum())
+                certified += int((lower > slack0 + SLACK * err).sum())
     else:  # tier C_r: only real neurons matter (a virtual neuron's actual h is 0)
         real = torch.nonzero(ideal.rows >= 0).flatten()
         groups: dict[int, list[int]] = {}
@@ -400,7 +402,6 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
         rg_rest = _range(rest)
         k_all, r_all = k_all.contiguous(), r_all.contiguous()
         bias = folded.bias.to(torch.float64) if folded.bias is not None else None
-        slack = SLACK * (1.0 + float(_range(a_u).sum()))
         a_lt = a_l[real].T.contiguous()  # [n, R]
         a_rt = a_r[real].T.contiguous()
         for x0 in range(0, n, chunk):
@@ -413,6 +414,7 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
             zstar = table[xs].reshape(-1, 1)
             right = logits.gather(1, zstar)[:, 0]
             wrong = logits.scatter_(1, zstar, -float("inf")).max(1).values
+            slack = SLACK * (1.0 + right.abs() + wrong.abs() + err)
             certified += int(((right - wrong - err) > slack).sum())
     oracle_bound = None
     if oracle and mu > 0:
