@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iv-samples", type=int, default=16)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest for these tiny models on a busy machine)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="for S4-trained: a GroupMLP folder (GroupMLP.save) instead of the shipped "
+                        "model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     args = p.parse_args(argv)
@@ -53,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def testbed(name: str, seed: int) -> tuple[Any, Any, Any, Any] | None:
+def testbed(name: str, seed: int, model_dir: Path | None = None
+            ) -> tuple[Any, Any, Any, Any] | None:
     """``(group, folded, explanation, GroupMLP or None)``; None when not available."""
     from msae_plugin.groups.construct import construct_rho_network
     from msae_plugin.groups.finite import get_group
@@ -76,11 +80,14 @@ def testbed(name: str, seed: int) -> tuple[Any, Any, Any, Any] | None:
         return g, f, ex, None
     if name == "S4-trained":
         from msae_plugin.groups.explain import explain
-        from msae_plugin.groups.model import load_shipped_model, shipped_models
+        from msae_plugin.groups.model import GroupMLP, load_shipped_model, shipped_models
 
-        if "S4" not in shipped_models():
+        if model_dir is not None:
+            model = GroupMLP.load(model_dir)
+        elif "S4" not in shipped_models():
             return None
-        model = load_shipped_model("S4")
+        else:
+            model = load_shipped_model("S4")
         f = model.folded()
         return model.group, f, explain(f, model.group), model
     raise SystemExit(f"unknown testbed {name!r}")
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name in args.testbeds:
         t0 = time.perf_counter()
-        tb = testbed(name, args.seed)
+        tb = testbed(name, args.seed, args.model_dir)
         if tb is None:
             print(f"\n== {name}: skipped (no shipped S4 model in this install)")
             payload["testbeds"][name] = {"skipped": "no shipped model"}
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         group, folded, expl, model = tb
         circuits = circuits_from_explanation(expl, group)
         entry: dict[str, Any] = {
+            "source": str(args.model_dir) if model is not None and args.model_dir else
+            ("shipped model" if model is not None else "constructed"),
             "group": group.name, "n_neurons": folded.n_neurons, "accuracy": accuracy(folded, group),
             "explanation": expl.describe(),
         }
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             seed=args.seed)
             entry["sae"] = sae.to_dict()
             entry["sae_table"] = sae.table()
-            print(f"-- SAE check (hook_post, {data.shape[0]} inputs x {data.shape[1]} dims)")
+            print(f"-- SAE check (hook_post, {data.shape[0]} inputs x {data.shape[1]} dims, "
+                  f"{sae.config['data_l0']:.1f} active neurons per input)")
             print(sae.table())
             png = args.out / f"sae_{name}.png"
             plot(name, entry["sae"], png)

@@ -372,6 +372,8 @@ def sae_check(
     gt = ground_truth_directions(m, circuits)
     res = SAECheckResult(config={
         "d_in": m, "d_sae": d_sae, "n_inputs": data.shape[0], "k_start": k_start,
+        # how dense the layer is: a ρ-set circuit fires about half its neurons on every input
+        "data_l0": float((data > 0).float().sum(1).mean()),
         "topk_ks": list(topk_ks or []), "steps": steps, "batch_size": batch_size, "lr": lr,
         "seed": seed, "threshold": threshold, "circuits": [
             {"name": c.name, "irrep": c.irrep, "n_neurons": len(c.neurons), "n_a": c.n_a,
