@@ -287,3 +287,20 @@ def test_malformed_explanations_raise():
     truth.circuits[0].pairs = truth.circuits[0].pairs + 10
     with pytest.raises(GroupError, match="out of range"):
         verify(folded, g, truth)
+
+
+def test_bound_is_sound_on_the_shipped_trained_model():
+    from msae_plugin.groups.model import load_shipped_model, shipped_models
+
+    if "S4" not in shipped_models():
+        pytest.skip("no shipped S4 model in this checkout")
+    model = load_shipped_model("S4")
+    f = model.folded()
+    folded = FoldedWeights(f.w_l.double(), f.w_r.double(), f.w_u.double(),
+                           None if f.bias is None else f.bias.double())
+    g = model.group
+    acc = reference_accuracy(folded, g)
+    exp = explain(folded, g)
+    assert exp.fraction_neurons > 0.5  # most neurons sit in one irrep with rank-1 coefficients
+    for tier, r in TIERS:
+        assert verify(folded, g, exp, tier, rank=r).bound <= acc
