@@ -212,10 +212,13 @@ class InversionResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
+        """One row per site and quantity; the circuits' patterns are summarised per irrep
+        (mean over its circuits, "×n" = how many) so that an explanation with dozens of small
+        circuits stays readable (the JSON keeps every circuit)."""
         lines = ["site | samples | well-formed | in preimage | quantity | agree (in) | "
                  "agree (all) | chance"]
         for site, r in self.sites.items():
-            for q, v in r["agreement"].items():
+            for q, v in _by_irrep(r["agreement"]).items():
                 lines.append(f"{site} | {r['n_samples']} | {r['well_formed']:.3f} | "
                              f"{r['in_preimage']:.3f} | {q} | {_f(v['in_preimage'])} | "
                              f"{_f(v['all'])} | {_f(v['chance'])}")
@@ -223,6 +226,26 @@ class InversionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "sites": self.sites}
+
+
+def _by_irrep(agreement: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``z``, ``x``, ``y`` as they are; ``<irrep>#<i>:<kind>`` rows averaged per (irrep, kind)."""
+    out: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name, v in agreement.items():
+        if "#" not in name:
+            out[name] = v
+            continue
+        irrep, rest = name.split("#", 1)
+        groups.setdefault(f"{irrep}:{rest.split(':', 1)[1]}", []).append(v)
+    for key, vs in groups.items():
+        irrep, kind = key.split(":", 1)
+        row = {}
+        for col in ("in_preimage", "all", "chance"):
+            vals = [v[col] for v in vs if v[col] is not None]
+            row[col] = sum(vals) / len(vals) if vals else None
+        out[f"{kind} [{irrep} ×{len(vs)}]"] = row
+    return out
 
 
 def _f(v: float | None) -> str:
