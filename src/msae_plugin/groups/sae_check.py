@@ -27,7 +27,9 @@ latents are used. At each ladder k the candidate directions are the latents that
 one of the ``|G|²`` inputs at TopK k (``alive at k``); a SAELens TopK SAE trained at the same k
 uses its alive latents. Best cosine = ``max_j |cos(d_j, g)|`` per ground-truth direction g;
 reported as the mean and the share ≥ 0.9. FVU (per sample, ``msae_plugin.metrics``) at the same k.
-A random decoder (as many unit rows as the SAE has latents) is the chance baseline.
+A random decoder (as many unit rows as the SAE has latents) is the chance baseline. ``tiling``
+(:func:`input_tiling`) tells whether low scores come from latents that are prototypes of single
+inputs, which a finite exhaustive dataset allows.
 """
 
 from __future__ import annotations
@@ -229,6 +231,18 @@ def score_decoder(decoder: torch.Tensor, gt: dict[str, tuple[list[str], torch.Te
     return out
 
 
+def input_tiling(decoder: torch.Tensor, data: torch.Tensor, max_inputs: int = 4096) -> float:
+    """Mean over latents of the best ``|cos|`` between the latent's decoder row and a centred
+    input ``h − mean(h)`` (at most ``max_inputs`` of them, evenly spaced). High values mean the
+    dictionary tiles the (finite, exhaustive) input set with prototypes instead of finding
+    features shared across inputs; a diagnostic for low ground-truth scores."""
+    if len(decoder) == 0:
+        return float("nan")
+    step = max(1, len(data) // max_inputs)
+    centred = (data - data.mean(0))[::step]
+    return float(best_cosines(centred, decoder).mean())
+
+
 def random_decoder(n: int, m: int, seed: int = 0) -> torch.Tensor:
     """``[n, m]`` unit rows drawn uniformly on the sphere: the chance baseline."""
     g = torch.Generator().manual_seed(seed)
@@ -325,7 +339,7 @@ class SAECheckResult:
 
     def table(self) -> str:
         head = ("model", "k", "latents", "FVU", "neuron", "≥0.9", "circ_a", "≥0.9", "circ_b",
-                "≥0.9", "purity", "coverage")
+                "≥0.9", "purity", "coverage", "tiling")
         lines = [" | ".join(head)]
         for r in self.rows:
             s = r["scores"]
@@ -339,6 +353,7 @@ class SAECheckResult:
                 f(s["circuit_a"]["mean"]), f(s["circuit_a"]["share_ge"]),
                 f(s["circuit_b"]["mean"]), f(s["circuit_b"]["share_ge"]),
                 f(s["subspace"]["purity"]), f(s["subspace"]["mean_coverage"]),
+                f(r.get("tiling")),
             ]))
         return "\n".join(lines)
 
@@ -382,8 +397,9 @@ def sae_check(
     })
     res.rows.append({"model": "identity", "scores": score_decoder(torch.eye(m), gt, circuits,
                                                                   threshold)})
-    res.rows.append({"model": "random", "scores": score_decoder(random_decoder(d_sae, m, seed),
-                                                                gt, circuits, threshold)})
+    rnd = random_decoder(d_sae, m, seed)
+    res.rows.append({"model": "random", "tiling": input_tiling(rnd, data),
+                     "scores": score_decoder(rnd, gt, circuits, threshold)})
     msae, secs = train_msae(data, d_sae, k_start, steps, batch_size, lr, seed)
     res.config["msae_ladder"] = list(msae.cfg.ladder)
     res.config["msae_train_seconds"] = round(secs, 2)
@@ -391,6 +407,7 @@ def sae_check(
     for k in msae.cfg.ladder:
         alive = alive_latents(msae, data, k)
         res.rows.append({"model": "msae", "k": k, **fvu_at(msae, data, k),
+                         "tiling": input_tiling(dec[alive], data),
                          "scores": score_decoder(dec[alive], gt, circuits, threshold)})
     res.config["topk_train_seconds"] = {}
     for k in topk_ks or []:
@@ -398,6 +415,7 @@ def sae_check(
         res.config["topk_train_seconds"][k] = round(secs, 2)
         alive = alive_latents(sae, data, None)
         res.rows.append({"model": "topk", "k": k, **fvu_at(sae, data, None),
+                         "tiling": input_tiling(decoder_rows(sae)[alive], data),
                          "scores": score_decoder(decoder_rows(sae)[alive], gt, circuits,
                                                  threshold)})
     return res
