@@ -58,9 +58,11 @@ def correct_pairs(model_or_folded, group: FiniteGroup | None = None,
 def brute_force_accuracy(model_or_folded, group: FiniteGroup | None = None,
                          chunk: int | None = None) -> tuple[float, float]:
     """``(accuracy, seconds)``: the fraction of all ``|G|²`` pairs answered correctly (ties are
-    wrong) and the wall-clock time of the check. Accepts a :class:`GroupMLP` (folded first; the
+    wrong) and the wall-clock time of the check on the folded tables (the same input a verifier
+    gets, so the two runtimes compare). Accepts a :class:`GroupMLP` (folded first; the
     group defaults to the model's) or :class:`FoldedWeights` with its group."""
+    folded, group = _as_folded(model_or_folded, group)  # folding is not part of the check
     start = time.perf_counter()
-    ok = correct_pairs(model_or_folded, group, chunk)
+    ok = correct_pairs(folded, group, chunk)
     seconds = time.perf_counter() - start
     return float(ok.double().mean()), seconds
