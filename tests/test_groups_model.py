@@ -326,3 +326,26 @@ def test_bad_ids_and_config_are_refused(tmp_path):
         GroupMLP.load(tmp_path)
     with pytest.raises(GroupError, match="train_frac"):
         TrainConfig(train_frac=1.0)
+
+
+def test_training_script_writes_models_and_results(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_group_models.py"
+    spec = importlib.util.spec_from_file_location("train_group_models", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    before = torch.get_num_threads()
+    assert script.main(["--group", "S3", "--seeds", "0", "1", "--steps", "20", "--eval-every",
+                        "10", "--d-embed", "8", "--d-hidden", "8", "--out", str(tmp_path),
+                        "--no-progress"]) == 0
+    torch.set_num_threads(before)
+    results = json.loads((tmp_path / "S3_results.json").read_text())
+    assert sorted(results["runs"]) == ["0", "1"]
+    run = results["runs"]["1"]
+    assert run["steps"] == 20 and 0.0 <= run["brute_force_accuracy"] <= 1.0
+    assert "biequivariance_r2" in run["equivariance"]
+    model = GroupMLP.load(tmp_path / "S3_seed1")
+    assert model.cfg.seed == 1 and model.metadata["steps"] == 20
+    assert brute_force_accuracy(model)[0] == run["brute_force_accuracy"]
