@@ -176,8 +176,11 @@ def test_split_is_seeded_disjoint_and_complete():
 def test_short_training_run_improves_train_accuracy():
     model = GroupMLP(GroupMLPConfig("S4", d_embed=32, d_hidden=32, seed=1))
     hist0 = train_group_model(GroupMLP(model.cfg), TrainConfig(steps=1, progress=False))
-    hist = train_group_model(model, TrainConfig(steps=300, eval_every=100, progress=False))
+    seen = []
+    hist = train_group_model(model, TrainConfig(steps=300, eval_every=100, progress=False),
+                             on_eval=lambda step, m, h: seen.append((step, h.test_acc[-1])))
     assert hist.steps == [100, 200, 300] and hist.final_step == 300
+    assert seen == list(zip(hist.steps, hist.test_acc, strict=True))
     assert hist.train_acc[-1] > hist0.train_acc[-1] + 0.25  # from chance (~0.04) to ~0.45
     assert hist.train_loss[-1] < hist0.train_loss[-1]
     assert hist.n_train == 346 and hist.n_test == 230

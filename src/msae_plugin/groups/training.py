@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -90,8 +91,13 @@ def _loss_acc(model: GroupMLP, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
     return loss, acc
 
 
-def train_group_model(model: GroupMLP, cfg: TrainConfig | None = None) -> TrainHistory:
-    """Train ``model`` in place on ``x·y`` and return its history (see :class:`TrainConfig`)."""
+def train_group_model(model: GroupMLP, cfg: TrainConfig | None = None,
+                      on_eval: Callable[[int, GroupMLP, TrainHistory], None] | None = None
+                      ) -> TrainHistory:
+    """Train ``model`` in place on ``x·y`` and return its history (see :class:`TrainConfig`).
+
+    ``on_eval(step, model, history)`` runs after each evaluation (e.g. to measure how the
+    bi-equivariance R² grows after grokking without restarting the optimiser)."""
     cfg = cfg or TrainConfig()
     device = torch.device(cfg.device)
     model.to(device)
@@ -137,6 +143,9 @@ def train_group_model(model: GroupMLP, cfg: TrainConfig | None = None) -> TrainH
             if bar is not None:
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{loss_value:.3g}", test_acc=f"{test_acc:.3f}")
+            if on_eval is not None:
+                on_eval(step, model, hist)
+                model.train()
             if cfg.early_stop_acc is not None:
                 if test_acc >= cfg.early_stop_acc:
                     above_since = step if above_since is None else above_since
