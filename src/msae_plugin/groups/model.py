@@ -184,10 +184,10 @@ class GroupMLP(HookedRootModule):
         state = load_file(str(w_path))
         model = cls(cfg)
         n = model.group.order
-        w_u = state.get("W_U")
-        if w_u is None or w_u.dim() != 2:
-            raise GroupError(f"{w_path} has no [m, |G|] unembedding W_U")
-        if w_u.shape[1] != n or state["embed_l"].shape[0] != n:
+        w_u, e_l = state.get("W_U"), state.get("embed_l")
+        if w_u is None or w_u.dim() != 2 or e_l is None:
+            raise GroupError(f"{w_path} has no [m, |G|] unembedding W_U or no embed_l")
+        if w_u.shape[1] != n or e_l.shape[0] != n:
             raise GroupError(
                 f"the saved model has {w_u.shape[1]} outputs but {cfg.group} has {n} elements; "
                 f"it was trained on another group (one of order {w_u.shape[1]})."
