@@ -33,6 +33,7 @@ COMMANDS = {
     "search": "msae_plugin.commands.search",
     "dashboard": "msae_plugin.commands.dashboard",
     "remapping": "msae_plugin.commands.remapping",
+    "groups": "msae_plugin.commands.groups",
 }
 
 #: exit status of a known, user-fixable error (argparse uses 2 for usage errors too)
