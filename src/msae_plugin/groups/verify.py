@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -79,26 +80,33 @@ class _Ideal:
     vec_b: torch.Tensor
 
 
+def _extend(group: FiniteGroup, identity: Any, step: Any) -> list:
+    """The value of every element from the identity's and one ``step(value_of_g, t)`` per
+    generator t (value of g·s_t), by breadth-first search over the Cayley graph. Whether the
+    result is a homomorphism is the caller's check."""
+    out: list = [None] * group.order
+    out[0] = identity
+    queue = deque([0])
+    rows = group.table.tolist()
+    while queue:
+        g = queue.popleft()
+        for t, s in enumerate(group.generator_ids):
+            h = rows[g][s]
+            if out[h] is None:
+                out[h] = step(out[g], t)
+                queue.append(h)
+    return out
+
+
 def _bfs_rho(group: FiniteGroup, gens: torch.Tensor) -> torch.Tensor | None:
     """ρ(g) for every g from the generator matrices (ρ(g·s) = ρ(g)ρ(s)), or None if that is not a
     homomorphism / not orthogonal."""
-    n, d = group.order, gens.shape[-1]
+    d = gens.shape[-1]
     eye = torch.eye(d, dtype=torch.float64)
     if not all(torch.allclose(s @ s.T, eye, atol=1e-8) for s in gens):
         return None
-    rho: list[torch.Tensor | None] = [None] * n
-    rho[0] = eye
-    queue = deque([0])
     table = group.table
-    rows = table.tolist()
-    while queue:
-        g = queue.popleft()
-        for k, s in enumerate(group.generator_ids):
-            h = rows[g][s]
-            if rho[h] is None:
-                rho[h] = rho[g] @ gens[k]
-                queue.append(h)
-    mats = torch.stack(rho)  # type: ignore[arg-type]
+    mats = torch.stack(_extend(group, eye, lambda m, k: m @ gens[k]))
     gid = torch.tensor(group.generator_ids)
     prod = mats[:, None] @ gens[None]  # [n, k, d, d]
     if not torch.allclose(prod, mats[table[:, gid]], atol=1e-7):
@@ -116,20 +124,9 @@ def _perm_action(group: FiniteGroup, gens: torch.Tensor, points: torch.Tensor
         if idx is None:
             return None
         gp.append(idx)
-    n, k = group.order, len(points)
-    act: list[torch.Tensor | None] = [None] * n
-    act[0] = torch.arange(k)
-    queue = deque([0])
+    k = len(points)
     table = group.table
-    rows = table.tolist()
-    while queue:
-        g = queue.popleft()
-        for t, s in enumerate(group.generator_ids):
-            h = rows[g][s]
-            if act[h] is None:
-                act[h] = act[g][gp[t]]  # type: ignore[index]
-                queue.append(h)
-    perm = torch.stack(act)  # type: ignore[arg-type]
+    perm = torch.stack(_extend(group, torch.arange(k), lambda a, t: a[gp[t]]))
     for t, s in enumerate(group.generator_ids):
         if not torch.equal(perm[:, gp[t]], perm[table[:, s]]):
             return None
