@@ -239,3 +239,55 @@ def print_table(headers: list[str], rows: list[list[Any]], fmt: Callable[[Any], 
     text = "\n".join(lines)
     print(text)
     return text
+
+
+# ---- small library-free helpers (B2's dataset options; tested in tests/test_b2_datasets.py) --
+def parse_floats(text: str | list[float] | tuple[float, ...]) -> list[float]:
+    """``"4e-3,1e-2"`` -> ``[0.004, 0.01]`` (a list passes through as floats). Refuses an empty
+    grid, because a benchmark that tries no learning rate would silently train nothing."""
+    values = [float(v) for v in text] if isinstance(text, (list, tuple)) else [
+        float(v) for v in str(text).split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"empty comma-separated list: {text!r}")
+    return values
+
+
+def parse_ints(text: str | list[int] | tuple[int, ...]) -> list[int]:
+    """``"2,4,8"`` -> ``[2, 4, 8]``; refuses an empty list."""
+    values = [int(v) for v in text] if isinstance(text, (list, tuple)) else [
+        int(v) for v in str(text).split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"empty comma-separated list: {text!r}")
+    return values
+
+
+def fvu_verdict(msae_fvu: float, topk_fvu: float, target: float) -> tuple[float, str]:
+    """``(ratio, "PASS"|"FAIL")`` for the target ``msae_fvu <= target * topk_fvu``. The ratio's
+    denominator is floored at 1e-12 so a perfect TopK gives a huge (not infinite) ratio."""
+    ratio = msae_fvu / max(topk_fvu, 1e-12)
+    return ratio, ("PASS" if msae_fvu <= target * topk_fvu else "FAIL")
+
+
+def load_or_build_tensors(
+    path: Path,
+    key: dict[str, Any],
+    build: Callable[[], dict[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Tensors cached in ``path`` under a JSON-able ``key`` (the settings that made them):
+    returns ``(tensors, from_cache)``. A missing, unreadable or differently keyed file is
+    rebuilt with ``build()`` and rewritten atomically (tmp file, then rename), so an interrupted
+    run never leaves a half-written cache that a later run would trust."""
+    want = json.loads(json.dumps(key, default=_json_default))
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("key") == want and isinstance(blob.get("tensors"), dict):
+                return blob["tensors"], True
+        except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+            pass
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": want, "tensors": tensors}, tmp)
+    tmp.replace(path)
+    return tensors, False
