@@ -61,6 +61,57 @@ def test_nested_decodes_match_per_level_topk_values_and_gradients(shift):
         assert torch.allclose(a, b)
 
 
+def _mixed_rows(n_rows: int, d_sae: int, dtype=torch.double) -> torch.Tensor:
+    """Rows whose number of positive pre-activations runs from 0 to d_sae, so every row takes a
+    different split between head-read and tail-read levels (and some rows have none)."""
+    hp = torch.randn(n_rows, d_sae, dtype=dtype)
+    shifts = torch.linspace(-6.0, 6.0, n_rows, dtype=dtype)
+    return hp + shifts[:, None]
+
+
+def test_nested_decodes_rows_with_any_number_of_positives():
+    hp = _mixed_rows(40, 48).requires_grad_()
+    n_pos = (hp > 0).sum(-1)
+    assert int(n_pos.min()) == 0 and int(n_pos.max()) == 48  # the test covers both extremes
+    W = torch.randn(48, 6, dtype=torch.double, requires_grad=True)
+    ladder = [2, 4, 8, 16, 32, 48]
+    ours = torch.stack(nested_decodes(hp, F.relu(hp), W, ladder))
+    ref = reference_levels(hp, W, ladder)
+    assert torch.allclose(ours, ref, atol=1e-10)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad((ours * g).sum(), (hp, W))
+    gb = torch.autograd.grad((ref * g).sum(), (hp, W))
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_nested_decodes_all_negative_rows_are_zero_at_every_level():
+    hp = -torch.rand(5, 16, dtype=torch.double) - 0.1
+    W = torch.randn(16, 3, dtype=torch.double)
+    for out in nested_decodes(hp, F.relu(hp), W, [2, 4, 16]):
+        assert torch.equal(out, torch.zeros(5, 3, dtype=torch.double))
+
+
+def test_nested_decodes_float32_at_training_scale_match_reference():
+    torch.manual_seed(3)
+    hp = _mixed_rows(64, 1024, torch.float32).requires_grad_()
+    W = (torch.randn(1024, 32) / 32**0.5).requires_grad_()
+    ladder = [16, 32, 64, 128, 256, 512, 1024]
+    ours = torch.stack(nested_decodes(hp, F.relu(hp), W, ladder))
+    ref = reference_levels(hp.double(), W.double(), ladder)
+    scale = ref.detach().abs().amax(-1, keepdim=True).clamp_min(1.0)
+    # tails subtract from the dense output: the error is rounding of the dense output's size
+    assert float(((ours.detach().double() - ref.detach()) / scale).abs().max()) < 1e-4
+
+
+def test_nested_backward_passes_gradcheck_on_mixed_rows():
+    hp = _mixed_rows(9, 20).requires_grad_()
+    W = torch.randn(20, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h, w: torch.stack(nested_decodes(h, F.relu(h), w, [2, 5, 10, 20])), (hp, W)
+    )
+
+
 def test_nested_backward_passes_gradcheck():
     hp = torch.randn(4, 20, dtype=torch.double, requires_grad=True)
     W = torch.randn(20, 3, dtype=torch.double, requires_grad=True)

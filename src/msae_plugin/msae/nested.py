@@ -1,20 +1,26 @@
 """Nested TopK reconstructions computed from one selection.
 
 A naive MSAE step runs TopK and a decoder matmul per level, and autograd then runs two more
-matmuls per level. Here:
+matmuls per level. Here the dense ReLU level (k = d_sae) is one matmul, and every sparse level is
+derived from it and from a few sparse "segment" sums:
 
 * the pre-activations are ranked once (one sorted ``topk``), and only as deep as needed: TopK-ReLU
-  keeps only positive values, so every level whose k is at least the largest number of positive
-  pre-activations in the batch equals the dense ReLU level and simply reuses it;
-* the remaining (sparse) levels are built incrementally — level i adds the decoder rows of the
-  latents ranked between k_{i-1} and k_i — in one fused ``embedding_bag`` call over all levels;
-* the backward pass (:class:`_NestedSparseDecode`) is written by hand: gradients for the selected
-  values come from one sampled matmul over every level at once, and the decoder gradient is one
-  matmul per sparse level of its cumulative code against that level's output gradient
-  (Σ_i z_iᵀ ∂L/∂x̂_i), instead of autograd's per-call ``embedding_bag`` backward, which is an
-  order of magnitude slower on CPU.
+  keeps only positive values, so a level whose k is at least a row's number of positive
+  pre-activations equals the dense level *for that row*, and only the positive entries of a row
+  are ever touched (after a little training a row has a few hundred positives out of thousands);
+* the ranks of a row are cut into segments at the ladder's ks; level l is the sum of the segments
+  up to l (the "head"), or equivalently the dense output minus the segments after l (the
+  "tail"). Each row skips its largest segment: levels below it are read as heads, levels from it
+  on as tails, so the largest segment (for a doubling ladder, about half of a row's positives) is
+  never gathered;
+* the segment sums are one ``embedding_bag`` over all rows and segments, and its backward
+  (:class:`_SegmentSums`) is written by hand: gradients of the kept values come from one sampled
+  matmul (``torch.sparse.sampled_addmm``), and the decoder gradient from one weighted
+  ``embedding_bag`` over the entries sorted by latent. The tails' share of the gradient flows
+  through the dense level's own matmul, so no level costs a dense matmul of its own.
 
-The last level (k = d_sae) is the dense ReLU code, decoded with one matmul by the caller.
+Reading a level as a tail subtracts in floating point (dense − tail); the error is rounding of the
+dense output's size, which the tests bound against the per-level reference.
 """
 
 from __future__ import annotations
@@ -48,66 +54,51 @@ def topk_relu(
     return torch.zeros_like(hidden_pre).scatter(-1, idx, F.relu(vals))
 
 
-def _sampled_rows_dot(
-    grad_levels: torch.Tensor, W: torch.Tensor, idx: torch.Tensor, seg: list[int]
-) -> torch.Tensor:
-    """out[b, r] = W[idx[b, r]] · grad_levels[b, level(r)] for every rank r (one SDDMM)."""
-    B, K = idx.shape
-    n_levels = len(seg)
-    seg_t = torch.tensor(seg, device=idx.device)
-    crow = torch.zeros(B * n_levels + 1, dtype=torch.long, device=idx.device)
-    crow[1:] = seg_t.repeat(B).cumsum(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        pattern = torch.sparse_csr_tensor(
-            crow,
-            idx.reshape(-1),
-            torch.zeros(B * K, dtype=W.dtype, device=W.device),
-            size=(B * n_levels, W.shape[0]),
-        )
-        out = torch.sparse.sampled_addmm(
-            pattern, grad_levels.reshape(B * n_levels, -1).contiguous(), W.t(), beta=0.0
-        )
-    return out.values().view(B, K)
+class _SegmentSums(torch.autograd.Function):
+    """``out[bag] = Σ_e v[e]·W[idx[e]]`` over the entries of each bag (entries ordered by bag).
 
-
-class _NestedSparseDecode(torch.autograd.Function):
-    """Cumulative decodes of rank segments; output (batch, n_levels, d_in)."""
+    Forward is one weighted ``embedding_bag``. Backward by hand, because autograd's
+    ``embedding_bag`` backward with per-sample weights is an order of magnitude slower on CPU:
+    ``∂v[e] = W[idx[e]]·∂out[bag[e]]`` as one sampled matmul over the CSR pattern (bags × latents)
+    of the entries, and ``∂W[i] = Σ_{e: idx[e]=i} v[e]·∂out[bag[e]]`` as one weighted
+    ``embedding_bag`` over ∂out with the entries sorted by latent (a stable sort of small
+    integers).
+    """
 
     @staticmethod
     def forward(
-        ctx: Any, vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, bounds: list[int]
+        ctx: Any, v: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, W: torch.Tensor
     ) -> torch.Tensor:
-        B, K = idx.shape
-        seg = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        offsets = (
-            torch.arange(B, device=idx.device)[:, None] * K
-            + torch.tensor(bounds[:-1], device=idx.device)[None, :]
-        ).reshape(-1)
-        inc = F.embedding_bag(
-            idx.reshape(-1), W, offsets, per_sample_weights=vals.reshape(-1), mode="sum"
-        )
-        ctx.save_for_backward(vals, idx, W)
-        ctx.bounds = bounds
-        ctx.seg = seg
-        return inc.view(B, len(seg), -1).cumsum(1)
+        out = F.embedding_bag(idx, W, offsets[:-1], per_sample_weights=v, mode="sum")
+        ctx.save_for_backward(v, idx, offsets, W)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        vals, idx, W = ctx.saved_tensors
-        bounds, seg = ctx.bounds, ctx.seg
-        grad_vals = grad_W = None
+        v, idx, offsets, W = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_v = grad_W = None
         if ctx.needs_input_grad[0]:
-            # a rank in level l feeds every output from l on: suffix-sum the output gradients
-            suffix = grad_out.flip(1).cumsum(1).flip(1)
-            grad_vals = _sampled_rows_dot(suffix, W, idx, seg)
-        if ctx.needs_input_grad[2]:
-            grad_W = torch.zeros_like(W)
-            z = torch.zeros(idx.shape[0], W.shape[0], dtype=W.dtype, device=W.device)
-            for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                z.scatter_(1, idx[:, a:b], vals[:, a:b])  # cumulative code of this level
-                grad_W.addmm_(z.t(), grad_out[:, level])
-        return grad_vals, None, grad_W, None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                pattern = torch.sparse_csr_tensor(
+                    offsets, idx, torch.zeros_like(v), size=(grad_out.shape[0], W.shape[0])
+                )
+                grad_v = torch.sparse.sampled_addmm(pattern, grad_out, W.t(), beta=0.0).values()
+        if ctx.needs_input_grad[3]:
+            d_sae = W.shape[0]
+            key = idx.to(torch.int16 if d_sae <= 2**15 else torch.int32)
+            order = torch.sort(key, stable=True).indices
+            counts = torch.bincount(idx, minlength=d_sae)
+            starts = counts.cumsum(0) - counts
+            bags = torch.repeat_interleave(
+                torch.arange(grad_out.shape[0], device=idx.device), offsets.diff()
+            )
+            grad_W = F.embedding_bag(
+                bags.index_select(0, order), grad_out, starts,
+                per_sample_weights=v.index_select(0, order), mode="sum",
+            )
+        return grad_v, None, None, grad_W
 
 
 def nested_decodes(
@@ -127,13 +118,49 @@ def nested_decodes(
     d_sae = hidden_pre.shape[-1]
     dense = dense_acts @ W_dec
     with torch.no_grad():
-        n_pos = int((hidden_pre > 0).sum(-1).max().item()) if hidden_pre.numel() else 0
+        n_pos = (hidden_pre > 0).sum(-1)
+        n_max = int(n_pos.max()) if hidden_pre.numel() else 0
     # levels that can hold every positive latent of every row are the dense level itself
-    sparse_ks = [k for k in ladder if k < d_sae and k < n_pos]
-    outs: list[torch.Tensor] = []
-    if sparse_ks:
-        vals, idx = hidden_pre.topk(sparse_ks[-1], dim=-1, sorted=True)
-        stacked = _NestedSparseDecode.apply(F.relu(vals), idx, W_dec, [0, *sparse_ks])
-        outs.extend(stacked.unbind(1))
-    outs.extend(dense for _ in range(len(ladder) - len(outs)))
+    sparse_ks = [k for k in ladder if k < d_sae and k < n_max]
+    if not sparse_ks:
+        return [dense for _ in ladder]
+    m = len(sparse_ks)
+    B = hidden_pre.shape[0]
+    device = hidden_pre.device
+    with torch.no_grad():
+        # segment j < m holds ranks [k_{j-1}, k_j); segment m the positives beyond k_{m-1}
+        ends = torch.tensor(sparse_ks, device=device)
+        starts = torch.cat([ends.new_zeros(1), ends])
+        seg_end = torch.cat([ends.expand(B, m), n_pos[:, None]], 1).minimum(n_pos[:, None])
+        sizes = (seg_end - starts).clamp_min(0)
+        skip = sizes.argmax(1)  # the segment this row never gathers
+        # rows that skip the last segment need ranks only up to k_{m-1}
+        depth_row = torch.where(skip == m, n_pos.clamp_max(sparse_ks[-1]), n_pos)
+        depth = int(depth_row.max())
+    outs: list[torch.Tensor]
+    if depth == 0:
+        total = torch.zeros_like(dense)
+        front = dense.new_zeros(B, m, dense.shape[-1])
+    else:
+        vals, idx = hidden_pre.topk(depth, dim=-1, sorted=True)
+        with torch.no_grad():
+            rank = torch.arange(depth, device=device)
+            seg_of_rank = torch.bucketize(rank, ends, right=True)  # 0..m
+            keep = (rank < n_pos[:, None]) & (seg_of_rank != skip[:, None])
+            # one nonzero; the kept entries are ordered by (row, segment) = by bag
+            flat = keep.view(-1).nonzero().squeeze(1)
+            counts = sizes.masked_fill(
+                torch.arange(m + 1, device=device)[None, :] == skip[:, None], 0
+            )
+            offsets = torch.cat([counts.new_zeros(1), counts.view(-1).cumsum(0)])
+            idx_kept = idx.reshape(-1).index_select(0, flat)
+        v_kept = vals.reshape(-1).index_select(0, flat)
+        sums = _SegmentSums.apply(v_kept, idx_kept, offsets, W_dec).view(B, m + 1, -1)
+        front = sums[:, :m].cumsum(1)
+        total = sums.sum(1)
+    # level l: head Σ_{j≤l} when l < skip, else tail dense − Σ_{j>l} = front_l + (dense − total)
+    tail = (torch.arange(m, device=device)[None, :] >= skip[:, None]).to(dense.dtype)
+    stacked = front + tail[:, :, None] * (dense - total)[:, None, :]
+    outs = list(stacked.unbind(1))
+    outs.extend(dense for _ in range(len(ladder) - m))
     return outs
