@@ -324,7 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
         val = evaluate_sae(sae, val_x, ks=topk_ks, cknna_samples=0)
         score = sum(val[mode_name(k)]["reconstruction_quality"]["fvu"] for k in topk_ks) / len(topk_ks)
         msae_lr_scores[lr] = score
-        runs.append({"model": "msae", "lr": lr, "val_mean_fvu": score} | info_run)
+        by_k = {k: val[mode_name(k)]["reconstruction_quality"]["fvu"] for k in topk_ks}
+        runs.append({"model": "msae", "lr": lr, "val_mean_fvu": score, "val_fvu_by_k": by_k}
+                    | info_run)
         print(f"   MSAE lr={lr:g}: val mean FVU {score:.4f} ({info_run['train_seconds']} s)")
         if score < best_msae_score:
             best_msae, best_msae_score = sae, score
