@@ -44,6 +44,8 @@ from msae_plugin.groups.folded import FoldedWeights
 from msae_plugin.groups.rho_sets import match_points
 
 TIERS = ("A", "B", "C")
+#: float64 elements of one hidden-layer table chunk (128 MiB)
+_CHUNK_ELEMENTS = 2**24
 #: relative floating-point slack: a margin must exceed this times the logit scale
 SLACK = 1e-8
 
@@ -309,12 +311,14 @@ def verify(folded: FoldedWeights, group: FiniteGroup, explanation: Explanation, 
     t0 = time.perf_counter()
     _check_structure(folded, group, explanation)
     n = group.order
-    chunk = chunk or max(1, 16384 // n)
     n_inputs = n * n
     ideal, reason = _build_ideal(folded, group, explanation)
     if ideal is None:
         return VerificationResult(0.0, time.perf_counter() - t0, tier, None, None, 0, n_inputs,
                                   valid=False, reason=reason, rank=rank)
+    # rows of x per chunk: a fragmented explanation pads to many virtual neurons (up to |G|² per
+    # circuit), so the [rows, |G|, neurons] hidden tables are capped at _CHUNK_ELEMENTS each
+    chunk = chunk or max(1, min(n, _CHUNK_ELEMENTS // (n * len(ideal.rows))))
     a_l, a_r, a_u = _actual(folded, ideal)
     table = group.table
     inv = group.inverse
