@@ -2,8 +2,13 @@
 
 One ``SAETrainer.step(batch)`` per SAE (forward, backward, grad-norm clipping, Adam, LR
 scheduler, SAELens's firing statistics), fp32 on CPU, d_in=512, d_sae=8192, batch 4096, MSAE
-ladder 64, 128, …, 4096, 8192. Baselines: SAELens ``topk`` at k=4096 (the ladder's largest TopK
-level; headline) and k=8192 (= d_sae).
+ladder 64, 128, …, 4096, 8192. Baselines, all SAELens architectures of the same size:
+
+* ``topk`` at k = 4096, the ladder's largest TopK level k_max (= d_sae/2 here) — the headline;
+* ``standard`` (ReLU + L1): the dense lower limit of any SAE step of this size;
+* ``batchtopk`` at k = k_max;
+* ``topk`` at every other level of the ladder: the sum over the ladder is the cost of the
+  alternative a user would otherwise train (one TopK SAE per sparsity), per step.
 
 All SAEs live in ONE process and are stepped interleaved (A B C A B C …) on the same batch, so
 load changes on a shared machine hit all of them alike; warm-up rounds are excluded. Reported:
@@ -19,7 +24,8 @@ two states are measured:
 Both states time the same batch of that data. The TopK SAEs are untrained in both states (their
 step cost does not depend on the weights: TopK at k ≥ 4096 is dense work either way).
 
-Target (from the issue): MSAE/TopK(k=4096) ≤ 1.2×.
+Targets (issue 14): MSAE/TopK(k_max) ≤ 1.5× on CPU at init and after training (≤ 1.2× on a
+GPU), and well below the per-level sum.
 
     python benchmarks/b1_step_cost.py            # the real benchmark (~8–10 min on 2 cores)
     python benchmarks/b1_step_cost.py --quick    # smoke test (< 1 min)
@@ -39,7 +45,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine_info, make_trainer, print_table, write_json  # noqa: E402
 
-TARGET_RATIO = 1.2
+TARGET_RATIO = 1.5  # CPU target of issue 14 (1.2 on a GPU)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-features", type=int, default=2048,
                    help="dictionary size of the sparse synthetic data")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--no-per-level", action="store_true",
+                   help="skip the TopK SAEs at the other ladder levels (faster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
@@ -70,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_saes(args: argparse.Namespace) -> dict[str, tuple[object, object]]:
     """name -> (sae, trainer). Trainers never call fit(); step(batch) is driven by hand."""
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     from msae_plugin.msae.config import MSAETrainingSAEConfig
@@ -81,9 +91,14 @@ def build_saes(args: argparse.Namespace) -> dict[str, tuple[object, object]]:
     ladder = msae.cfg.ladder
     k_head = ladder[-2] if len(ladder) > 1 else ladder[-1]
     saes = {"msae": msae}
-    for k in dict.fromkeys((k_head, args.d_sae)):
-        saes[f"topk_k{k}"] = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in,
-                                                                   d_sae=args.d_sae, k=k))
+    size = {"d_in": args.d_in, "d_sae": args.d_sae}
+    saes[f"topk_k{k_head}"] = TopKTrainingSAE(TopKTrainingSAEConfig(**size, k=k_head))
+    saes["standard"] = StandardTrainingSAE(StandardTrainingSAEConfig(**size))
+    saes[f"batchtopk_k{k_head}"] = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**size,
+                                                                                   k=k_head))
+    if not args.no_per_level:
+        for k in ladder[:-2]:
+            saes[f"topk_k{k}"] = TopKTrainingSAE(TopKTrainingSAEConfig(**size, k=k))
     out = {}
     for name, sae in saes.items():
         # an "infinite" budget: we only call step(), the LR schedule stays constant
@@ -214,6 +229,14 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{t[name]['min_s']:.3f}",
                          "" if name == "msae" else f"{ratio_med:.2f}x",
                          "" if name == "msae" else f"{ratio_min:.2f}x", verdict])
+        per_level = [f"topk_k{k}" for k in ladder[:-1]]
+        if all(name in t for name in per_level):
+            med = sum(t[name]["median_s"] for name in per_level)
+            low = sum(t[name]["min_s"] for name in per_level)
+            t["_one_topk_per_level_sum"] = {"median_s": med, "min_s": low, "models": per_level}
+            rows.append([state, "", "", "", f"sum: one topk per level ({len(per_level)})",
+                         f"{med:.3f}", f"{low:.3f}", f"{t['msae']['median_s'] / med:.2f}x",
+                         f"{t['msae']['min_s'] / low:.2f}x", ""])
     print()
     table = print_table(headers, rows)
     results["verdicts"] = verdicts
