@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_chromium.sh   # headless browser for the dashboard tests
 .venv/bin/ruff check src tests benchmarks
-.venv/bin/pytest -q "$@"
+.venv/bin/pytest -q --durations=15 "$@"
