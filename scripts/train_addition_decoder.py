@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="decoder dropout (the paper's is 0.1; the shipped decoder has none)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     probed = AD.load_shipped_probed_model()
-    decoder = InversionViewDecoder(AD.decoder_config(d_model=args.d_model))
+    decoder = InversionViewDecoder(AD.decoder_config(d_model=args.d_model, dropout=args.dropout))
     pairs = AD.pair_generator(probed, seed=args.seed,
                               positions=None if args.all_positions else AD.QUERY_POSITIONS)
     pairs.noise = args.act_noise
