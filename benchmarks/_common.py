@@ -129,6 +129,7 @@ def make_trainer(
     lr: float,
     decay_frac: float = 0.2,
     n_batches_for_norm_estimate: int = 50,
+    device: str = "cpu",
 ):
     """SAELens trainer with the paper's schedule shape: constant LR, then linear decay to 0 over
     the last ``decay_frac`` of the steps. No wandb, no checkpoints."""
@@ -143,7 +144,7 @@ def make_trainer(
         lr_end=lr,
         lr_scheduler_name="constant",
         lr_decay_steps=int(decay_frac * steps),
-        device="cpu",
+        device=device,
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=n_batches_for_norm_estimate,
     )
