@@ -137,27 +137,21 @@ def nested_decodes(
         # rows that skip the last segment need ranks only up to k_{m-1}
         depth_row = torch.where(skip == m, n_pos.clamp_max(sparse_ks[-1]), n_pos)
         depth = int(depth_row.max())
-    outs: list[torch.Tensor]
-    if depth == 0:
-        total = torch.zeros_like(dense)
-        front = dense.new_zeros(B, m, dense.shape[-1])
-    else:
-        vals, idx = hidden_pre.topk(depth, dim=-1, sorted=True)
-        with torch.no_grad():
-            rank = torch.arange(depth, device=device)
-            seg_of_rank = torch.bucketize(rank, ends, right=True)  # 0..m
-            keep = (rank < n_pos[:, None]) & (seg_of_rank != skip[:, None])
-            # one nonzero; the kept entries are ordered by (row, segment) = by bag
-            flat = keep.view(-1).nonzero().squeeze(1)
-            counts = sizes.masked_fill(
-                torch.arange(m + 1, device=device)[None, :] == skip[:, None], 0
-            )
-            offsets = torch.cat([counts.new_zeros(1), counts.view(-1).cumsum(0)])
-            idx_kept = idx.reshape(-1).index_select(0, flat)
-        v_kept = vals.reshape(-1).index_select(0, flat)
-        sums = _SegmentSums.apply(v_kept, idx_kept, offsets, W_dec).view(B, m + 1, -1)
-        front = sums[:, :m].cumsum(1)
-        total = sums.sum(1)
+    # depth >= 1: a row with more than k_0 positives exists, and its depth is at least k_0
+    vals, idx = hidden_pre.topk(depth, dim=-1, sorted=True)
+    with torch.no_grad():
+        rank = torch.arange(depth, device=device)
+        seg_of_rank = torch.bucketize(rank, ends, right=True)  # 0..m
+        keep = (rank < n_pos[:, None]) & (seg_of_rank != skip[:, None])
+        # one nonzero; the kept entries are ordered by (row, segment) = by bag
+        flat = keep.view(-1).nonzero().squeeze(1)
+        counts = sizes.masked_fill(torch.arange(m + 1, device=device)[None, :] == skip[:, None], 0)
+        offsets = torch.cat([counts.new_zeros(1), counts.view(-1).cumsum(0)])
+        idx_kept = idx.reshape(-1).index_select(0, flat)
+    v_kept = vals.reshape(-1).index_select(0, flat)
+    sums = _SegmentSums.apply(v_kept, idx_kept, offsets, W_dec).view(B, m + 1, -1)
+    front = sums[:, :m].cumsum(1)
+    total = sums.sum(1)
     # level l: head Σ_{j≤l} when l < skip, else tail dense − Σ_{j>l} = front_l + (dense − total)
     tail = (torch.arange(m, device=device)[None, :] >= skip[:, None]).to(dense.dtype)
     stacked = front + tail[:, :, None] * (dense - total)[:, None, :]
