@@ -105,6 +105,10 @@ def _message(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("RANK", "0") != "0":
+        # one progress bar per torchrun launch (rank 0's). tqdm reads TQDM_* overrides when it
+        # is imported, so this has to happen before any sub-command imports SAELens.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

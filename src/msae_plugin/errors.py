@@ -152,3 +152,8 @@ class GroupError(ValueError):
     """A finite-group testbed request that cannot run: an unknown group name, a group too large
     to enumerate, a model whose output size does not match its group, an explanation for another
     group."""
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run that cannot go on: a rank that cannot reach the rendezvous, a peer
+    that died or stopped answering, a world size that does not match the checkpoint or cache."""

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train an SAE on CLIP image activations from a JSON/YAML config",
         description="Train an SAE (any SAELens architecture, msae included) on the activations "
         "of a hooked CLIP image tower with SAELens's SAETrainer, save it in SAELens's format and "
-        "print held-out FVU / cosine / L0 / dead latents. See docs/vision-training.md.",
+        "print held-out FVU / cosine / L0 / dead latents. See docs/vision-training.md. Under "
+        "torchrun (`torchrun --nproc-per-node N -m msae_plugin train CONFIG`) the run is "
+        "data-parallel over N processes: see docs/distributed.md.",
     )
     p.add_argument("config", help="config file (JSON; YAML with PyYAML installed)")
     p.add_argument(
@@ -42,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
     msae_plugin.register()
     from sae_lens.training._interruption import InterruptedException
 
+    from msae_plugin.distributed.context import init_from_env, shutdown
     from msae_plugin.errors import (
         CheckpointError,
         DeviceUnavailableError,
+        DistributedError,
         ModelInputError,
         MSAEConfigError,
         NonFiniteActivationsError,
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ActivationCacheError,
         CheckpointError,
         DeviceUnavailableError,
+        DistributedError,
         ModelInputError,
         MSAEConfigError,
         NonFiniteActivationsError,
@@ -83,12 +88,16 @@ def run(args: argparse.Namespace) -> int:
         FileNotFoundError,
     )
     runner = None
+    ctx = None
     try:
         cfg = VisionSAERunnerConfig.from_file(args.config, overrides=args.override)
-        runner = VisionSAETrainingRunner(cfg, resume_from_checkpoint=args.resume)
+        ctx = init_from_env(cfg.device)  # one process unless launched by torchrun
+        runner = VisionSAETrainingRunner(cfg, resume_from_checkpoint=args.resume, dist_ctx=ctx)
         sae = runner.run()
     except (KeyboardInterrupt, InterruptedException):
         where = runner.interrupted_checkpoint if runner is not None else None
+        if ctx is not None and not ctx.is_main:
+            return 130
         if where is not None:
             print(f"interrupted; checkpoint saved to {where}")
             print(f"resume with: msae train {args.config} --resume {where}")
@@ -97,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
             print("interrupted (no checkpoint: checkpoint_path is null or training had not begun)")
         return 130
     except expected as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        prefix = f"rank {ctx.rank}: " if ctx is not None and ctx.active else ""
+        print(f"error: {prefix}{exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
 
+    if not ctx.is_main:  # rank 0 reports for the run
+        return 0
     if cfg.output_path is not None:
         print(f"saved SAE ({sae.cfg.architecture()}, d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) "
               f"to {cfg.output_path}")

@@ -28,8 +28,14 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
 from safetensors.torch import save_file
 
-from msae_plugin.atomic_io import remove_temporaries, staged_files
-from msae_plugin.vision.activation_cache import ActivationCache, cache_key
+from msae_plugin.atomic_io import atomic_write, remove_temporaries, staged_files
+from msae_plugin.distributed.cache import open_cache, write_index
+from msae_plugin.distributed.collectives import any_rank, broadcast_object, gather_rows
+from msae_plugin.distributed.context import DistContext, current
+from msae_plugin.distributed.sharding import ShardedImageSource
+from msae_plugin.distributed.trainer import DataParallelMixin
+from msae_plugin.errors import DistributedError
+from msae_plugin.vision.activation_cache import cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
     to_torch_dtype,
@@ -47,8 +53,10 @@ from msae_plugin.vision.run_checks import (
     prepare_output_paths,
 )
 from msae_plugin.vision.training_checkpoints import (
+    DISTRIBUTED_FILENAME,
     VisionSAETrainer,
     find_latest_checkpoint,
+    read_world_size,
     resolve_resume_checkpoint,
     validate_training_checkpoint,
 )
@@ -81,10 +89,13 @@ MAX_STATS_TOKENS = 1 << 17
 
 class _InterruptibleProvider:
     """Forwards the provider; raises a pending interrupt at the start of ``next`` (a safe point:
-    the previous step, its checkpoint and counters are complete)."""
+    the previous step, its checkpoint and counters are complete). In a multi-process run the
+    ranks agree first, so all of them stop at the same step (a signal reaches them at different
+    moments) and save one checkpoint together."""
 
-    def __init__(self, provider: ImageActivationProvider) -> None:
+    def __init__(self, provider: ImageActivationProvider, ctx: DistContext) -> None:
         self.provider = provider
+        self.ctx = ctx
         self.interrupt_requested = False
 
     def request_interrupt(self, signum: int, frame: Any) -> None:  # noqa: ARG002
@@ -96,10 +107,15 @@ class _InterruptibleProvider:
         return self
 
     def __next__(self) -> torch.Tensor:
-        if self.interrupt_requested:
+        if any_rank(self.interrupt_requested, self.ctx, "agreeing on an interrupt"):
             raise InterruptedException()
         return next(self.provider)
 
+
+
+class DataParallelVisionSAETrainer(DataParallelMixin, VisionSAETrainer):
+    """``VisionSAETrainer`` (atomic checkpoints, safe resume), data-parallel when launched
+    with torchrun; exactly ``VisionSAETrainer`` in a one-process run."""
 
 
 class VisionSAETrainingRunner:
@@ -114,6 +130,11 @@ class VisionSAETrainingRunner:
             folder of checkpoints (the newest complete one in it is used) or ``"auto"`` (the
             newest complete one under ``cfg.checkpoint_path``; the run starts afresh when there
             is none yet).
+        dist_ctx: this process's place in a ``torchrun`` launch (default: the joined process
+            group, if any). With ``W`` ranks each reads a strided share of the image stream
+            and trains on ``train_batch_size_tokens / W`` rows per step; gradients and
+            statistics are reduced so the run equals a one-process run on the global batch
+            (see :mod:`msae_plugin.distributed`). Rank 0 writes checkpoints and the SAE.
 
     Output and checkpoint folders are created (and checked) here, before any work starts.
     """
@@ -124,17 +145,29 @@ class VisionSAETrainingRunner:
         override_model: Any = None,
         override_images: Any = None,
         resume_from_checkpoint: str | Path | None = None,
+        dist_ctx: DistContext | None = None,
     ) -> None:
         import msae_plugin
 
         msae_plugin.register()
         self.cfg = cfg
+        self.dist = ctx = dist_ctx if dist_ctx is not None else current()
+        if ctx.active:
+            self._check_divisible()
+            cfg.device = ctx.device_for(cfg.device)
+            if cfg.model_device is not None:
+                cfg.model_device = ctx.device_for(cfg.model_device)
         if resume_from_checkpoint is not None:
             cfg.resume_from_checkpoint = str(resume_from_checkpoint)
         check_devices(cfg)
-        prepare_output_paths(cfg)
+        if ctx.is_main:
+            prepare_output_paths(cfg)
+        ctx.barrier()
         if cfg.resume_from_checkpoint is not None:
-            found = resolve_resume_checkpoint(cfg.resume_from_checkpoint, cfg.checkpoint_path)
+            found = None
+            if ctx.is_main:
+                found = resolve_resume_checkpoint(cfg.resume_from_checkpoint, cfg.checkpoint_path)
+            found = broadcast_object(found, ctx, "agreeing on the checkpoint to resume")
             if found is None:
                 where = cfg.resume_from_checkpoint
                 where = cfg.checkpoint_path if where == "auto" else where
@@ -183,7 +216,7 @@ class VisionSAETrainingRunner:
             images,
             token_selection=cfg.token_selection,
             store_batch_size_images=cfg.store_batch_size_images,
-            train_batch_size_tokens=cfg.train_batch_size_tokens,
+            train_batch_size_tokens=cfg.train_batch_size_tokens // ctx.world_size,
             n_batches_in_buffer=cfg.n_batches_in_buffer,
             device=cfg.device,
             dtype=cfg.dtype,
@@ -191,11 +224,11 @@ class VisionSAETrainingRunner:
             mix_fraction=cfg.activations_mixing_fraction,
             dataset_kwargs=cfg.dataset_kwargs if override_images is None else None,
         )
+        if ctx.active:
+            self.provider.source = ShardedImageSource(self.provider.source, ctx)
         if cfg.use_cached_activations:
             assert cfg.cached_activations_path is not None
-            self.provider.cache = ActivationCache.open(
-                cfg.cached_activations_path, self.cache_key()
-            )
+            self.provider.cache = open_cache(cfg.cached_activations_path, self.cache_key(), ctx)
         if cfg.verbose:
             tpi = self.provider.tokens_per_image
             logger.info(f"Run name: {cfg.logger.run_name}")
@@ -225,8 +258,24 @@ class VisionSAETrainingRunner:
             dataset_path=str(self.cfg.dataset_path),
         )
 
+    def _check_divisible(self) -> None:
+        w, batch = self.dist.world_size, self.cfg.train_batch_size_tokens
+        if batch % w:
+            raise DistributedError(
+                f"train_batch_size_tokens={batch} cannot be split evenly over {w} ranks; make it "
+                f"a multiple of {w} (e.g. --override train_batch_size_tokens={batch - batch % w})"
+            )
+
     def _check_resume_checkpoint(self, path: Path) -> None:
-        """Refuse a checkpoint of another run (model, hook, tokens, SAE shape)."""
+        """Refuse a checkpoint of another run (model, hook, tokens, SAE shape, world size)."""
+        written = read_world_size(path)
+        if written != self.dist.world_size:
+            raise DistributedError(
+                f"checkpoint {path} was written by a {written}-process run, this run has "
+                f"{self.dist.world_size}: each rank's position in its share of the image stream "
+                f"depends on the number of ranks. Resume with the same number of processes "
+                f"({'no torchrun' if written == 1 else f'torchrun --nproc-per-node {written}'})."
+            )
         runner_cfg = path / RUNNER_CFG_FILENAME
         if runner_cfg.is_file():
             old = json.loads(runner_cfg.read_text())
@@ -261,15 +310,16 @@ class VisionSAETrainingRunner:
                 name=cfg.logger.run_name,
                 id=cfg.logger.wandb_id,
             )
-        data_provider = _InterruptibleProvider(self.provider)
-        if cfg.checkpoint_path is not None:
+        data_provider = _InterruptibleProvider(self.provider, self.dist)
+        if cfg.checkpoint_path is not None and self.dist.is_main:
             remove_temporaries(cfg.checkpoint_path)  # left by a killed checkpoint write
-        trainer = VisionSAETrainer(
+        trainer = DataParallelVisionSAETrainer(
             cfg=cfg.to_sae_trainer_config(),
             sae=self.sae,
             data_provider=data_provider,
             evaluator=VisionSAEEvaluator(self),
             save_checkpoint_fn=self.save_checkpoint,
+            dist_ctx=self.dist,
         )
         self.trainer = trainer
         if cfg.resume_from_checkpoint is not None:
@@ -283,8 +333,12 @@ class VisionSAETrainingRunner:
 
         sae = self._fit_with_interruption_handling(trainer, data_provider)
         self.provider.flush_cache()
-        if cfg.output_path is not None:
+        self.dist.barrier()
+        if self.dist.active and cfg.use_cached_activations and self.dist.is_main:
+            write_index(cfg.cached_activations_path, self.dist)
+        if cfg.output_path is not None and self.dist.is_main:
             self.save_final_sae(sae, cfg.output_path, trainer.log_feature_sparsity)
+        self.dist.barrier()
         if cfg.logger.log_to_wandb:
             wandb.finish()
         return sae
@@ -300,7 +354,8 @@ class VisionSAETrainingRunner:
             self.cfg.total_training_steps,
         )
         sample = torch.cat([next(self.provider) for _ in range(n_batches)])
-        fit(sample)
+        # every rank fits on all ranks' samples: the same statistics a one-process run gets
+        fit(gather_rows(sample, self.dist, "gathering the input-statistics sample"))
 
     def _fit_with_interruption_handling(
         self, trainer: VisionSAETrainer, data_provider: _InterruptibleProvider
@@ -314,7 +369,8 @@ class VisionSAETrainingRunner:
             return trainer.fit()
         except (KeyboardInterrupt, InterruptedException):
             if self.cfg.checkpoint_path is not None:
-                logger.warning("interrupted, saving progress")
+                if self.dist.is_main:
+                    logger.warning("interrupted, saving progress")
                 name = str(trainer.n_training_samples)
                 trainer.save_checkpoint(checkpoint_name=name)
                 self.interrupted_checkpoint = Path(self.cfg.checkpoint_path) / name
@@ -332,6 +388,10 @@ class VisionSAETrainingRunner:
         self.provider.save_to_checkpoint(checkpoint_path)
         with open(Path(checkpoint_path) / RUNNER_CFG_FILENAME, "w") as f:
             json.dump(self.cfg.to_dict(), f)
+        if self.dist.active:
+            record = {"world_size": self.dist.world_size, "sharding": "strided-images"}
+            atomic_write(Path(checkpoint_path) / DISTRIBUTED_FILENAME,
+                         lambda p: p.write_text(json.dumps(record)))
 
     def save_final_sae(
         self,
