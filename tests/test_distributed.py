@@ -8,8 +8,9 @@ agent would itself tear the other rank down). Checked:
   the same saved feature sparsity as a 1-process run on the same global batches (unshuffled
   buffer, so both see identical batches); the SAE loads with ``SAE.load_from_disk``;
 * the activation cache the two ranks wrote reads back, interleaved, as the one-process cache;
-* SIGKILL of rank 1 makes rank 0 exit with a clear error (no hang); both ranks resumed from the
-  last checkpoint finish with the same SAE as the uninterrupted run;
+* SIGINT to rank 1 alone stops both ranks at the same step with one checkpoint; SIGKILL of
+  rank 1 in the resumed run makes rank 0 exit with a clear error (no hang); both ranks resumed
+  from the last checkpoint finish with the same SAE as the uninterrupted run;
 * a 1-process resume of a 2-process checkpoint is refused; a rank that cannot reach the
   rendezvous gets a clear error after ``MSAE_DIST_TIMEOUT`` seconds.
 """
@@ -152,31 +153,57 @@ def test_the_ranks_cache_reads_back_as_the_one_process_stream(runs: dict[str, Pa
     torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
 
 
-def test_a_killed_rank_stops_the_other_and_the_run_resumes(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
-    config = _config(tmp_path, "two", 2, n_checkpoints=3, cache=runs["root"] / "cache_two")
-    ckpt = tmp_path / "two_ckpt"
+def _checkpoints(ckpt: Path) -> set[str]:
+    return {p.name for p in ckpt.glob("*") if p.is_dir() and p.name.isdigit()}
+
+
+def _signal_rank_1_at_next_checkpoint(config: Path, ckpt: Path, sig: int, *args: str
+                                      ) -> tuple[list[subprocess.Popen], list[str], float]:
+    """Run both ranks until a new checkpoint appears, send ``sig`` to rank 1 alone, wait for
+    both; return the processes, their stderr and how long rank 0 took to exit after it."""
+    before = _checkpoints(ckpt)
     port = _free_port()
-    ranks = [_rank_process(config, r, port, MSAE_DIST_TIMEOUT="60") for r in (0, 1)]
+    ranks = [_rank_process(config, r, port, *args, MSAE_DIST_TIMEOUT="60") for r in (0, 1)]
     try:
         deadline = time.monotonic() + 120
-        while not any(p.is_dir() and not p.name.startswith(".") for p in ckpt.glob("*")):
+        while not _checkpoints(ckpt) - before:
             assert ranks[0].poll() is None, ranks[0].communicate()[1][-2000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.01)
-        ranks[1].send_signal(signal.SIGKILL)
+        ranks[1].send_signal(sig)
         t0 = time.monotonic()
-        _, err = ranks[0].communicate(timeout=90)
+        outs = [p.communicate(timeout=90) for p in ranks]
         waited = time.monotonic() - t0
     finally:
         for p in ranks:
             if p.poll() is None:
                 p.kill()
-    assert ranks[0].returncode == 2, err[-2000:]
-    assert "another rank stopped answering" in err and "--resume" in err, err[-2000:]
+    return ranks, [o[0] + o[1] for o in outs], waited
+
+
+def test_interrupt_kill_and_resume_of_a_two_process_run(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    config = _config(tmp_path, "two", 2, n_checkpoints=5, cache=runs["root"] / "cache_two")
+    ckpt = tmp_path / "two_ckpt"
+    total = STEPS * GLOBAL_IMAGES * TOKENS_PER_IMAGE
+
+    # 1. Ctrl-C reaching one rank only: both stop at the same step, one checkpoint, status 130
+    ranks, outs, _ = _signal_rank_1_at_next_checkpoint(config, ckpt, signal.SIGINT)
+    assert [p.returncode for p in ranks] == [130, 130], outs
+    assert "interrupted; checkpoint saved to" in outs[0] and "--resume" in outs[0]
+    interrupted = max(int(n) for n in _checkpoints(ckpt))
+    assert 0 < interrupted < total
+
+    # 2. SIGKILL of rank 1 in the resumed run: rank 0 exits with a clear error, no hang
+    ranks, outs, waited = _signal_rank_1_at_next_checkpoint(config, ckpt, signal.SIGKILL,
+                                                            "--resume")
+    assert ranks[0].returncode == 2, outs[0][-2000:]
+    assert "another rank stopped answering" in outs[0] and "--resume" in outs[0], outs[0][-2000:]
     assert waited < 30  # a dead peer is noticed at once, not after the 60 s timeout
     assert not (tmp_path / "two_out" / "sae_weights.safetensors").exists()
+    newest = max(int(n) for n in _checkpoints(ckpt))
+    assert newest > interrupted  # the resumed run went on from the interrupted checkpoint
 
     # the checkpoint records its world size: one process cannot resume it
     from msae_plugin.errors import DistributedError
@@ -188,11 +215,11 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes(
         VisionSAETrainingRunner(VisionSAERunnerConfig.from_file(tmp_path / "one.json"),
                                 resume_from_checkpoint="auto")
 
-    newest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    # 3. resumed under torchrun to the end: the SAE of the uninterrupted run
     proc = _torchrun(config, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 0's progress bar (the only one) starts at the checkpoint's sample count
-    assert proc.stderr.count(f"| {newest}/{STEPS * GLOBAL_IMAGES * TOKENS_PER_IMAGE} ") >= 1
+    assert proc.stderr.count(f"| {newest}/{total} ") >= 1
     _assert_same_sae(runs["two"], tmp_path / "two_out")
 
 
