@@ -7,7 +7,8 @@ agent would itself tear the other rank down). Checked:
 * a 2-process run on a global batch of 8 images (4 per rank) ends with the same SAE weights and
   the same saved feature sparsity as a 1-process run on the same global batches (unshuffled
   buffer, so both see identical batches); the SAE loads with ``SAE.load_from_disk``;
-* the activation cache the two ranks wrote reads back, interleaved, as the one-process cache;
+* ``msae cache`` under torchrun fills one sub-cache per rank; read back interleaved, it is the
+  one-process run's cache; the 2-process training above reads its batches from it;
 * SIGINT to rank 1 alone stops both ranks at the same step with one checkpoint; SIGKILL of
   rank 1 in the resumed run makes rank 0 exit with a clear error (no hang); both ranks resumed
   from the last checkpoint finish with the same SAE as the uninterrupted run;
@@ -72,9 +73,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _torchrun(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _torchrun(config: Path, *args: str, command: str = "train", timeout: float = 240
+             ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "msae_plugin", "train", str(config), *args]
+           "2", "-m", "msae_plugin", command, str(config), *args]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -115,13 +117,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     msae_plugin.register()
     root = tmp_path_factory.mktemp("dist")
     two = _config(root, "two", 2, cache=root / "cache_two")
+    # `msae cache` fills the two ranks' sub-caches; the 2-process training reads them back
+    cached = _torchrun(two, command="cache")
+    assert cached.returncode == 0, cached.stderr[-3000:]
     proc = _torchrun(two)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = _config(root, "one", 1, cache=root / "cache_one")
     torch.manual_seed(0)
     VisionSAETrainingRunner(VisionSAERunnerConfig.from_file(one)).run()
     return {"root": root, "one": root / "one_out", "two": root / "two_out",
-            "stdout": proc.stdout, "stderr": proc.stderr}
+            "stdout": proc.stdout, "stderr": proc.stderr, "cache_stdout": cached.stdout}
 
 
 def test_two_processes_train_the_same_sae_as_one(runs: dict[str, Path]) -> None:
@@ -144,13 +149,17 @@ def test_the_ranks_cache_reads_back_as_the_one_process_stream(runs: dict[str, Pa
 
     root = runs["root"]
     index = json.loads((root / "cache_two" / "shards.json").read_text())
-    n_images = (STEPS + 2) * GLOBAL_IMAGES  # training + the 2 input-statistics batches
+    # `msae cache` extracts what training reads: steps + 2 statistics batches + the 1-batch
+    # buffer; the 1-process training run wrote the first STEPS + 2 batches of the same stream
+    n_images = (STEPS + 2 + 1) * GLOBAL_IMAGES
+    assert "rank 0's sub-cache" in runs["cache_stdout"]
     assert index["world_size"] == 2
     assert [r["n_images"] for r in index["ranks"]] == [n_images // 2] * 2
     one = ActivationCache.open(root / "cache_one", {}, create=False).read_all()
     two = read_sharded_cache(root / "cache_two")
-    assert two.shape == one.shape == (n_images * TOKENS_PER_IMAGE, 96)
-    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
+    assert two.shape == (n_images * TOKENS_PER_IMAGE, 96)
+    assert one.shape == ((n_images - GLOBAL_IMAGES) * TOKENS_PER_IMAGE, 96)
+    torch.testing.assert_close(two[: one.shape[0]], one, rtol=1e-5, atol=1e-5)
 
 
 def _checkpoints(ckpt: Path) -> set[str]:
@@ -167,7 +176,9 @@ def _signal_rank_1_at_next_checkpoint(config: Path, ckpt: Path, sig: int, *args:
     try:
         deadline = time.monotonic() + 120
         while not _checkpoints(ckpt) - before:
-            assert ranks[0].poll() is None, ranks[0].communicate()[1][-2000:]
+            if ranks[0].poll() is not None:
+                outs = [p.communicate(timeout=60) for p in ranks]
+                raise AssertionError(f"rank 0 ended before a new checkpoint: {outs}")
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.01)
         ranks[1].send_signal(sig)
@@ -184,7 +195,8 @@ def _signal_rank_1_at_next_checkpoint(config: Path, ckpt: Path, sig: int, *args:
 def test_interrupt_kill_and_resume_of_a_two_process_run(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    config = _config(tmp_path, "two", 2, n_checkpoints=5, cache=runs["root"] / "cache_two")
+    # a fresh cache: both ranks write their sub-caches through the interruptions
+    config = _config(tmp_path, "two", 2, n_checkpoints=5, cache=tmp_path / "cache")
     ckpt = tmp_path / "two_ckpt"
     total = STEPS * GLOBAL_IMAGES * TOKENS_PER_IMAGE
 

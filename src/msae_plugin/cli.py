@@ -24,6 +24,7 @@ COMMANDS = {
     "plugins": "msae_plugin.commands.plugins",
     "check": "msae_plugin.commands.check",
     "train": "msae_plugin.commands.train",
+    "cache": "msae_plugin.commands.cache",
     "ablate-heads": "msae_plugin.commands.ablate_heads",
     "inversionview": "msae_plugin.commands.inversionview",
     "concepts": "msae_plugin.commands.concepts",

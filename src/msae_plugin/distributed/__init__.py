@@ -7,6 +7,8 @@ Launch any ``msae train`` config on several processes with ``torchrun``::
 Modules: :mod:`~.context` (who this process is; joining the group with a timeout),
 :mod:`~.collectives` (gradient averaging inside backward, guarded reductions),
 :mod:`~.trainer` (SAELens's ``SAETrainer`` kept in lock-step with a one-process run),
-:mod:`~.sharding` (each rank's strided share of the image stream) and :mod:`~.cache` (one
-activation sub-cache per rank, an index written last). See docs/distributed.md.
+:mod:`~.sharding` (each rank's strided share of the image stream), :mod:`~.cache` (one
+activation sub-cache per rank, an index written last) and :mod:`~.language_model`
+(``train_language_model``: SAELens's own ``LanguageModelSAERunnerConfig`` under torchrun). See
+docs/distributed.md.
 """

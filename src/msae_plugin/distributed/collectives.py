@@ -49,7 +49,7 @@ def any_rank(flag: bool, ctx: DistContext, what: str) -> bool:
     """True on every rank when ``flag`` is true on any (e.g. an interrupt one rank received)."""
     if not ctx.active:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.collective_device)
     return bool(sum_(t, ctx, what).item() > 0)
 
 

@@ -49,6 +49,13 @@ class DistContext:
         """True when there are other ranks to talk to."""
         return self.world_size > 1
 
+    @property
+    def collective_device(self) -> torch.device:
+        """Where small tensors for a collective must live: NCCL reduces GPU memory only."""
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def barrier(self) -> None:
         if self.active:
             guarded(dist.barrier, "waiting for the other ranks")

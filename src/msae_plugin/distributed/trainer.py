@@ -44,11 +44,11 @@ class DistributedActivationScaler(ActivationScaler):
     @torch.no_grad()
     def _calculate_mean_norm(self, data_provider: Any, n_batches_for_norm_estimate: int = 1000
                              ) -> float:
-        totals = torch.zeros(2, dtype=torch.float64)
+        totals = torch.zeros(2, dtype=torch.float64, device=self._ctx.collective_device)
         for _ in tqdm(range(n_batches_for_norm_estimate), desc="Estimating norm scaling factor",
                       leave=False, disable=not self._ctx.is_main):
             norms = next(data_provider).norm(dim=-1)
-            totals[0] += norms.double().sum().cpu()
+            totals[0] += norms.double().sum().to(totals.device)
             totals[1] += norms.numel()
         sum_(totals, self._ctx, "estimating the activation norm")
         return float(totals[0] / totals[1])
