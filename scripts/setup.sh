@@ -12,6 +12,6 @@ fi
 if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! .venv/bin/python -c "import msae_plugin, pytest, ruff, hypothesis, yaml, hatchling" 2>/dev/null; then
+if ! .venv/bin/python -c "import msae_plugin, pytest, xdist, ruff, hypothesis, yaml, hatchling" 2>/dev/null; then
   .venv/bin/pip install -q -e ".[test]"
 fi
