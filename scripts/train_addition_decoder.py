@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from msae_plugin.inversionview import addition_decoder as AD  # noqa: E402
-from msae_plugin.inversionview.checkpoint import save_decoder  # noqa: E402
+from msae_plugin.inversionview.checkpoint import load_decoder, save_decoder  # noqa: E402
 from msae_plugin.inversionview.decoder import InversionViewDecoder  # noqa: E402
 from msae_plugin.inversionview.sampling import batch_precision  # noqa: E402
 from msae_plugin.inversionview.training import train_decoder  # noqa: E402
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Gaussian noise on training activations, in units of their std")
     p.add_argument("--all-positions", action="store_true",
                    help="train on every non-special position, not only +, =, A1-A3")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this decoder's weights (a release directory, e.g. the "
+                        "shipped one: src/msae_plugin/inversionview/data/addition_decoder) with a "
+                        "fresh optimiser and schedule; the run's own train_state still resumes")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -71,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     probed = AD.load_shipped_probed_model()
     decoder = InversionViewDecoder(AD.decoder_config(d_model=args.d_model, dropout=args.dropout))
+    steps_before = 0
+    if args.init_from is not None:
+        start, meta = load_decoder(args.init_from, probed)
+        if start.cfg != decoder.cfg:
+            raise SystemExit(f"--init-from {args.init_from}: its config {start.cfg} differs from "
+                             f"this run's {decoder.cfg}; pass the same --d-model/--dropout")
+        decoder.load_state_dict(start.state_dict())
+        steps_before = int(meta.get("training", {}).get("steps_done", 0)) + int(
+            meta.get("training", {}).get("steps_before", 0))
     pairs = AD.pair_generator(probed, seed=args.seed,
                               positions=None if args.all_positions else AD.QUERY_POSITIONS)
     pairs.noise = args.act_noise
@@ -82,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     def on_save(step: int) -> None:
         ratios = evaluate(decoder, probed, args.eval_queries)
         mean = sum(ratios.values()) / len(ratios)
-        log.append({"step": step, "elapsed_s": time.monotonic() - t0, "mean_ratio": mean,
+        log.append({"step": step, "total_steps": steps_before + step, "elapsed_s": time.monotonic() - t0, "mean_ratio": mean,
                     "ratio": ratios})
         save_decoder(decoder, args.out_dir, list(AD.SITES), probed, probed_name=AD.PROBED_NAME,
                      extra={"training": vars(args) | {"out_dir": str(args.out_dir),
+                                                      "init_from": str(args.init_from),
+                                                      "steps_before": steps_before,
                                                       "steps_done": step}})
         log_path.write_text(json.dumps(log, indent=1))
         print(f"\nstep {step}: mean ratio {mean:.3f} "
