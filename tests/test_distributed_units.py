@@ -4,6 +4,7 @@ activation cache and its refusals, the batch split check. (Two-process runs: tes
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,41 @@ def test_a_global_batch_that_does_not_split_is_refused_before_any_work() -> None
     with pytest.raises(DistributedError, match=r"130 cannot be split evenly over 3 ranks.*"
                        r"train_batch_size_tokens=129"):
         VisionSAETrainingRunner(cfg, dist_ctx=DistContext(rank=0, world_size=3))
+
+
+class _PILModel(_Model):
+    """Folder images are PIL images: preprocess them to [B, 3, 4, 4] with their gray level."""
+
+    @staticmethod
+    def preprocess(images) -> torch.Tensor:  # noqa: ANN001
+        import numpy as np
+
+        return torch.stack([torch.from_numpy(np.asarray(im.resize((4, 4)), dtype=np.float32))
+                            .permute(2, 0, 1) for im in images])
+
+
+@pytest.mark.parametrize(("world", "start"), [(2, 0), (3, 0), (3, 5)])
+def test_a_folder_share_decodes_only_its_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: int, start: int
+) -> None:
+    from PIL import Image
+
+    from msae_plugin.vision.image_sources import FolderImageSource
+
+    for i in range(7):
+        Image.new("RGB", (6, 6), (i * 10, i * 10, i * 10)).save(tmp_path / f"{i}.png")
+    source = FolderImageSource(tmp_path, seed=3)
+    whole = torch.cat([b for b, _ in zip(source.batches(7, _PILModel()), range(8), strict=False)])
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    for r in range(world):
+        share = ShardedImageSource(source, DistContext(rank=r, world_size=world))
+        before = len(opened)
+        got = torch.cat(list(islice(share.batches(2, _PILModel(), start_image=start), 3)))
+        # only this rank's files were decoded (a whole stream would be ~world times as many)
+        assert len(opened) - before <= 6 + 1
+        # share image i is stream image i * world + r (across epochs of 7 shuffled files)
+        expected = whole[start * world + r :: world][: got.shape[0]]
+        assert got.shape[0] == 6
+        torch.testing.assert_close(got, expected)

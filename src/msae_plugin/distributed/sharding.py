@@ -13,8 +13,10 @@ blocks:
   counted in the rank's own share) describes where *every* rank is, and rank 0's checkpoint is
   enough to resume all of them.
 
-Cost: a rank draws (renders or decodes and preprocesses) the whole stream and keeps its share; the
-model forward, the part that dominates extraction, runs on the share only.
+Cost: a source that can read a strided part of an epoch (``epoch_strided``: a folder of image
+files) reads, decodes and preprocesses only the rank's files. Other sources (the rendered digit
+scenes, in-memory images) are drawn whole by every rank, which keeps its share; the model
+forward, the part that dominates extraction, always runs on the share only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from msae_plugin.distributed.context import DistContext
-from msae_plugin.vision.image_sources import ImageSource, ImageSourceError
+from msae_plugin.vision.image_sources import ImageSource, ImageSourceError, prepare_images
 
 
 class ShardedImageSource(ImageSource):
@@ -53,11 +55,27 @@ class ShardedImageSource(ImageSource):
         if batch_size < 1:
             raise ImageSourceError(f"batch_size must be >= 1, got {batch_size}")
         w, r = self.world_size, self.rank
+        if hasattr(self.source, "epoch_strided") and self.source.epoch_size:
+            # read only this rank's images; ImageSource.batches regroups them across epochs
+            yield from ImageSource.batches(self, batch_size, model, start_image)
+            return
         # aligned global batches of batch_size * w images hold exactly batch_size of ours
         for x in self.source.batches(batch_size * w, model, start_image=start_image * w):
             mine = x[r::w]
             if mine.shape[0]:
                 yield mine
+
+    def _stream(self, batch_size: int, model: Any, start_image: int) -> Iterator[torch.Tensor]:
+        """Model-ready batches of this share from a source with ``epoch_strided``: share image
+        ``i`` is stream image ``g = i * world_size + rank``, i.e. image ``g mod n`` of epoch
+        ``g div n`` for epochs of ``n`` images."""
+        n, w = int(self.source.epoch_size), self.world_size
+        g = start_image * w + self.rank
+        while True:
+            epoch, i = divmod(g, n)
+            for raw in self.source.epoch_strided(epoch, i, w, batch_size):
+                yield prepare_images(raw, model, self.source.raw_pixels)
+            g += w * len(range(i, n, w))
 
     def heldout_batches(
         self, n_images: int, batch_size: int, model: Any

@@ -214,9 +214,17 @@ class FolderImageSource(ImageSource):
         return [self.files[i] for i in torch.randperm(len(self.files), generator=g).tolist()]
 
     def _epoch(self, epoch: int, start: int, batch_size: int) -> Iterator[list[Any]]:
+        return self.epoch_strided(epoch, start, 1, batch_size)
+
+    def epoch_strided(
+        self, epoch: int, start: int, stride: int, batch_size: int
+    ) -> Iterator[list[Any]]:
+        """Raw batches of images ``start, start + stride, ...`` of epoch ``epoch``: a rank of a
+        multi-process run decodes only its own share of the files
+        (:class:`~msae_plugin.distributed.sharding.ShardedImageSource`)."""
         from PIL import Image
 
-        files = self.order(epoch)[start:]
+        files = self.order(epoch)[start::stride]
         for i in range(0, len(files), batch_size):
             batch = []
             for path in files[i : i + batch_size]:
