@@ -1,17 +1,24 @@
 """Checks a vision training run makes before any work starts: its devices exist, its output
-folders can be created (a path under a file used to lose the whole run at the very end) and the
-config fits the loaded model.
+folders can be created (a path under a file used to lose the whole run at the very end), the
+config fits the loaded model, the global batch splits over the ranks, and a checkpoint to resume
+comes from this run (and from as many processes).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from msae_plugin.errors import SAEModelMismatchError
+from sae_lens.constants import RUNNER_CFG_FILENAME
+
+from msae_plugin.distributed.context import DistContext
+from msae_plugin.errors import DistributedError, SAEModelMismatchError
 from msae_plugin.preflight import check_device, ensure_writable_dir
 from msae_plugin.vision.activations import check_image_hook
+from msae_plugin.vision.config_files import VisionConfigError
 from msae_plugin.vision.token_selection import TokenSelection
+from msae_plugin.vision.training_checkpoints import read_world_size
 from msae_plugin.vision.training_config import VisionSAERunnerConfig
 
 
@@ -58,3 +65,45 @@ def check_config_for_model(cfg: VisionSAERunnerConfig, model: Any) -> int:
         int(model.cfg.n_ctx), int(model.cfg.n_prefix_tokens)
     )
     return width
+
+
+def check_batch_splits(cfg: VisionSAERunnerConfig, ctx: DistContext) -> None:
+    """Refuse a global batch that the ranks cannot share equally (their mean losses would be
+    weighted wrongly when the gradients are averaged)."""
+    w, batch = ctx.world_size, cfg.train_batch_size_tokens
+    if batch % w:
+        raise DistributedError(
+            f"train_batch_size_tokens={batch} cannot be split evenly over {w} ranks; make it "
+            f"a multiple of {w} (e.g. --override train_batch_size_tokens={batch - batch % w})"
+        )
+
+
+def check_resume_checkpoint(cfg: VisionSAERunnerConfig, path: Path, ctx: DistContext) -> None:
+    """Refuse a checkpoint of another run (model, hook, tokens, SAE shape, world size)."""
+    written = read_world_size(path)
+    if written != ctx.world_size:
+        raise DistributedError(
+            f"checkpoint {path} was written by a {written}-process run, this run has "
+            f"{ctx.world_size}: each rank's position in its share of the image stream "
+            f"depends on the number of ranks. Resume with the same number of processes "
+            f"({'no torchrun' if written == 1 else f'torchrun --nproc-per-node {written}'})."
+        )
+    runner_cfg = path / RUNNER_CFG_FILENAME
+    if runner_cfg.is_file():
+        old = json.loads(runner_cfg.read_text())
+        now = cfg.to_dict()
+        diffs = [
+            f"{k}: checkpoint {old.get(k)!r}, this run {now[k]!r}"
+            for k in ("model_name", "hook_name", "token_selection")
+            if old.get(k) != now[k]
+        ]
+        diffs += [
+            f"sae.{k}: checkpoint {old['sae'].get(k)!r}, this run {now['sae'][k]!r}"
+            for k in ("architecture", "d_in", "d_sae")
+            if old.get("sae", {}).get(k) != now["sae"][k]
+        ]
+        if diffs:
+            raise VisionConfigError(
+                f"checkpoint {path} comes from a different run: " + "; ".join(diffs)
+            )
+

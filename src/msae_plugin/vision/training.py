@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,10 @@ from safetensors.torch import save_file
 
 from msae_plugin.atomic_io import atomic_write, remove_temporaries, staged_files
 from msae_plugin.distributed.cache import open_cache, write_index
-from msae_plugin.distributed.collectives import any_rank, broadcast_object, gather_rows
+from msae_plugin.distributed.collectives import broadcast_object, gather_rows
 from msae_plugin.distributed.context import DistContext, current
 from msae_plugin.distributed.sharding import ShardedImageSource
 from msae_plugin.distributed.trainer import DataParallelMixin
-from msae_plugin.errors import DistributedError
 from msae_plugin.vision.activation_cache import cache_key
 from msae_plugin.vision.activations import (
     ImageActivationProvider,
@@ -47,16 +45,18 @@ from msae_plugin.vision.config_files import (
     load_config_dict,
 )
 from msae_plugin.vision.evaluation import VisionSAEEvaluator
+from msae_plugin.vision.interruption import InterruptibleProvider
 from msae_plugin.vision.run_checks import (
+    check_batch_splits,
     check_config_for_model,
     check_devices,
+    check_resume_checkpoint,
     prepare_output_paths,
 )
 from msae_plugin.vision.training_checkpoints import (
     DISTRIBUTED_FILENAME,
     VisionSAETrainer,
     find_latest_checkpoint,
-    read_world_size,
     resolve_resume_checkpoint,
     validate_training_checkpoint,
 )
@@ -85,32 +85,6 @@ __all__ = [
 
 #: MSAE input statistics (mean, scale) are fitted on at most this many tokens
 MAX_STATS_TOKENS = 1 << 17
-
-
-class _InterruptibleProvider:
-    """Forwards the provider; raises a pending interrupt at the start of ``next`` (a safe point:
-    the previous step, its checkpoint and counters are complete). In a multi-process run the
-    ranks agree first, so all of them stop at the same step (a signal reaches them at different
-    moments) and save one checkpoint together."""
-
-    def __init__(self, provider: ImageActivationProvider, ctx: DistContext) -> None:
-        self.provider = provider
-        self.ctx = ctx
-        self.interrupt_requested = False
-
-    def request_interrupt(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.interrupt_requested:  # a second signal: stop now
-            raise InterruptedException()
-        self.interrupt_requested = True
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        if any_rank(self.interrupt_requested, self.ctx, "agreeing on an interrupt"):
-            raise InterruptedException()
-        return next(self.provider)
-
 
 
 class DataParallelVisionSAETrainer(DataParallelMixin, VisionSAETrainer):
@@ -153,7 +127,7 @@ class VisionSAETrainingRunner:
         self.cfg = cfg
         self.dist = ctx = dist_ctx if dist_ctx is not None else current()
         if ctx.active:
-            self._check_divisible()
+            check_batch_splits(cfg, ctx)
             cfg.device = ctx.device_for(cfg.device)
             if cfg.model_device is not None:
                 cfg.model_device = ctx.device_for(cfg.model_device)
@@ -199,7 +173,7 @@ class VisionSAETrainingRunner:
         self.model.eval()
         check_config_for_model(cfg, self.model)
         if cfg.resume_from_checkpoint is not None:
-            self._check_resume_checkpoint(Path(cfg.resume_from_checkpoint))
+            check_resume_checkpoint(cfg, Path(cfg.resume_from_checkpoint), ctx)
 
         if cfg.from_pretrained_path is not None:
             self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
@@ -258,43 +232,6 @@ class VisionSAETrainingRunner:
             dataset_path=str(self.cfg.dataset_path),
         )
 
-    def _check_divisible(self) -> None:
-        w, batch = self.dist.world_size, self.cfg.train_batch_size_tokens
-        if batch % w:
-            raise DistributedError(
-                f"train_batch_size_tokens={batch} cannot be split evenly over {w} ranks; make it "
-                f"a multiple of {w} (e.g. --override train_batch_size_tokens={batch - batch % w})"
-            )
-
-    def _check_resume_checkpoint(self, path: Path) -> None:
-        """Refuse a checkpoint of another run (model, hook, tokens, SAE shape, world size)."""
-        written = read_world_size(path)
-        if written != self.dist.world_size:
-            raise DistributedError(
-                f"checkpoint {path} was written by a {written}-process run, this run has "
-                f"{self.dist.world_size}: each rank's position in its share of the image stream "
-                f"depends on the number of ranks. Resume with the same number of processes "
-                f"({'no torchrun' if written == 1 else f'torchrun --nproc-per-node {written}'})."
-            )
-        runner_cfg = path / RUNNER_CFG_FILENAME
-        if runner_cfg.is_file():
-            old = json.loads(runner_cfg.read_text())
-            now = self.cfg.to_dict()
-            diffs = [
-                f"{k}: checkpoint {old.get(k)!r}, this run {now[k]!r}"
-                for k in ("model_name", "hook_name", "token_selection")
-                if old.get(k) != now[k]
-            ]
-            diffs += [
-                f"sae.{k}: checkpoint {old['sae'].get(k)!r}, this run {now['sae'][k]!r}"
-                for k in ("architecture", "d_in", "d_sae")
-                if old.get("sae", {}).get(k) != now["sae"][k]
-            ]
-            if diffs:
-                raise VisionConfigError(
-                    f"checkpoint {path} comes from a different run: " + "; ".join(diffs)
-                )
-
     # ------------------------------------------------------------------ run
     def run(self) -> TrainingSAE[Any]:
         """Train, save the final SAE to ``cfg.output_path`` and return it."""
@@ -310,7 +247,7 @@ class VisionSAETrainingRunner:
                 name=cfg.logger.run_name,
                 id=cfg.logger.wandb_id,
             )
-        data_provider = _InterruptibleProvider(self.provider, self.dist)
+        data_provider = InterruptibleProvider(self.provider, self.dist)
         if cfg.checkpoint_path is not None and self.dist.is_main:
             remove_temporaries(cfg.checkpoint_path)  # left by a killed checkpoint write
         trainer = DataParallelVisionSAETrainer(
@@ -358,7 +295,7 @@ class VisionSAETrainingRunner:
         fit(gather_rows(sample, self.dist, "gathering the input-statistics sample"))
 
     def _fit_with_interruption_handling(
-        self, trainer: VisionSAETrainer, data_provider: _InterruptibleProvider
+        self, trainer: VisionSAETrainer, data_provider: InterruptibleProvider
     ) -> TrainingSAE[Any]:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {}
