@@ -78,10 +78,13 @@ def plot_agreement(results: dict, sites: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_training(log: list[dict], path: Path) -> None:
-    """Per-site precision (one T=1 sample per held-out query) over training steps."""
+def plot_training(log: list[dict], path: Path, continuations: list[int] = ()) -> None:
+    """Per-site precision (one T=1 sample per held-out query) over training steps; dotted lines
+    where a continued run (fresh optimiser and schedule) began."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    for step in continuations:
+        ax.axvline(step, ls=":", c="grey", lw=1)
     steps = [e["step"] for e in log]
     for site in log[-1]["ratio"]:
         ax.plot(steps, [e["ratio"][site] for e in log], lw=1, label=site)
