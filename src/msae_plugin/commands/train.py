@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             print("interrupted (no checkpoint: checkpoint_path is null or training had not begun)")
         return 130
     except expected as exc:
-        prefix = f"rank {ctx.rank}: " if ctx is not None and ctx.active else ""
+        named = str(exc).startswith("rank ")  # collective errors already say which rank
+        prefix = f"rank {ctx.rank}: " if ctx is not None and ctx.active and not named else ""
         print(f"error: {prefix}{exc}", file=sys.stderr)
         return 2
     finally:
