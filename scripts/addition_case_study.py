@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     plot_agreement(results, sites, args.out / "agreement.png")
     log_path = (args.decoder_dir or AD.data_dir() / "addition_decoder") / "eval_log.json"
     if log_path.is_file():
-        plot_training(json.loads(log_path.read_text()), args.out / "training.png")
+        log = json.loads(log_path.read_text())
+        # a shipped log joined from continued runs (scripts/plot_decoder_training.py) marks them
+        starts = [prev["step"] for prev, e in zip(log, log[1:], strict=False)
+                  if e.get("run", 0) != prev.get("run", 0)]
+        plot_training(log, args.out / "training.png", continuations=starts)
     (args.out / "case_study.json").write_text(json.dumps({
         "command": "python scripts/addition_case_study.py " + " ".join(argv or []),
         "decoder_training": rel.meta.get("training"),

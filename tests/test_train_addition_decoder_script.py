@@ -35,9 +35,12 @@ def test_init_from_starts_at_the_released_weights(tmp_path: Path) -> None:
     cont, meta = load_decoder(tmp_path / "run", probed)
     for (name, a), b in zip(shipped.state_dict().items(), cont.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
-    assert meta["training"]["steps_before"] == 44000 and meta["training"]["steps_done"] == 2
+    shipped_training = json.loads((SHIPPED / "decoder_cfg.json").read_text())["training"]
+    before = shipped_training["steps_done"] + shipped_training.get("steps_before", 0)
+    assert before == 75500  # the shipped decoder: 44,000 + 7,500 + 24,000 steps
+    assert meta["training"]["steps_before"] == before and meta["training"]["steps_done"] == 2
     log = json.loads((tmp_path / "run" / "eval_log.json").read_text())
-    assert log[-1]["total_steps"] == 44002
+    assert log[-1]["total_steps"] == before + 2
 
 
 def test_init_from_a_decoder_of_another_shape_is_refused(tmp_path: Path) -> None:
