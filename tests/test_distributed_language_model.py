@@ -136,7 +136,7 @@ def test_two_process_resume_continues_the_run(runs: dict[str, tuple[Path, Path]]
     """A 2-process run resumed from its step-13 checkpoint ends with the uninterrupted SAE."""
     root = runs["topk"][0].parent
     (ckpt,) = (root / "topk_ckpt_ckpt").glob("416")  # 13 steps of 32 tokens
-    assert json.loads((ckpt / "distributed_store.json").read_text()) == {"world_size": 2}
+    assert json.loads((ckpt / "distributed.json").read_text())["world_size"] == 2
     positions = [int(load_file(str(ckpt / f"activations_store_state_rank{r}.safetensors"))
                      ["n_dataset_processed"]) for r in range(2)]
     assert positions[0] > 0 and positions[0] == positions[1]  # both ranks read 2 rows a step
@@ -155,7 +155,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path: Path) -> None:
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "distributed_store.json").write_text(json.dumps({"world_size": 2}))
+    (ckpt / "distributed.json").write_text(json.dumps({"world_size": 2}))
     cfg = launch.build_config(tmp_path, "topk", "w1")
     cfg.resume_from_checkpoint = str(ckpt)
     with pytest.raises(DistributedError, match="nproc-per-node 2"):

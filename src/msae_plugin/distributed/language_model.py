@@ -61,7 +61,7 @@ gathered from all ranks first, so every rank fits the one-process statistics.
 
 Checkpoints and resuming: rank 0 writes SAELens's checkpoint (weights, trainer state, its own
 ``activations_store_state.safetensors``, the global runner config) plus every rank's dataset
-position (``activations_store_state_rank{r}.safetensors``) and ``distributed_store.json``
+position (``activations_store_state_rank{r}.safetensors``) and ``distributed.json``
 (the world size). ``resume_from_checkpoint`` on ``W`` ranks restores each rank's position;
 resuming with another world size is refused, since the shares would differ. In a multi-rank run
 SAELens's SIGINT/SIGTERM handler is not installed (a half-collective save on an interrupted
@@ -74,7 +74,6 @@ other than 0 before importing SAELens (``tests/dist_lm_launch.py`` does) for one
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -96,13 +95,11 @@ from sae_lens.training.types import DataProvider
 from safetensors.torch import save_file
 from transformer_lens.HookedTransformer import HookedRootModule
 
+from msae_plugin.distributed.checkpoint import check_world_size, write_world_size
 from msae_plugin.distributed.collectives import broadcast_object, gather_rows
 from msae_plugin.distributed.context import DistContext, guarded, init_from_env
 from msae_plugin.distributed.trainer import DataParallelSAETrainer
 from msae_plugin.errors import DistributedError
-
-#: written by rank 0 next to SAELens's checkpoint files: the world size of the run
-DIST_STORE_FILENAME = "distributed_store.json"
 
 
 def rank_store_filename(rank: int) -> str:
@@ -235,20 +232,6 @@ def _broadcast_sae(sae: TrainingSAE[Any], ctx: DistContext) -> None:
             guarded(dist.broadcast, "broadcasting the initial SAE", tensor, src=0)
 
 
-def check_checkpoint_world(path: str | Path, ctx: DistContext) -> None:
-    """Refuse to resume a checkpoint written by a run of another world size: each rank's
-    dataset share, and so its saved position, depends on the world size (a checkpoint without
-    :data:`DIST_STORE_FILENAME` is a one-process SAELens checkpoint)."""
-    meta = Path(path) / DIST_STORE_FILENAME
-    saved_world = int(json.loads(meta.read_text())["world_size"]) if meta.exists() else 1
-    if saved_world != ctx.world_size:
-        raise DistributedError(
-            f"checkpoint {path} was written by a {saved_world}-process run and cannot be resumed "
-            f"by {ctx.world_size}; resume it with {saved_world} process(es) (torchrun "
-            f"--nproc-per-node {saved_world}), or start a new run"
-        )
-
-
 def _resume(trainer: LanguageModelDataParallelTrainer, runner: LanguageModelSAETrainingRunner,
             path: str, ctx: DistContext) -> None:
     """What ``runner.run()`` restores, with this rank's own dataset position."""
@@ -276,7 +259,7 @@ def train_language_model(
     """
     ctx = dist_ctx if dist_ctx is not None else init_from_env(cfg.device)
     if cfg.resume_from_checkpoint is not None:
-        check_checkpoint_world(cfg.resume_from_checkpoint, ctx)
+        check_world_size(cfg.resume_from_checkpoint, ctx)
     torch.manual_seed(cfg.seed)  # the same SAE initialisation on every rank
     if not ctx.active:
         return LanguageModelSAETrainingRunner(
@@ -313,8 +296,7 @@ def train_language_model(
         for rank, position in enumerate(trainer.store_positions):
             save_file({"n_dataset_processed": torch.tensor(position)},
                       str(checkpoint_path / rank_store_filename(rank)))
-        (checkpoint_path / DIST_STORE_FILENAME).write_text(
-            json.dumps({"world_size": ctx.world_size}))
+        write_world_size(checkpoint_path, ctx)
 
     data_provider: DataProvider = runner.activations_store
     if local.prefetch_llm_batches:

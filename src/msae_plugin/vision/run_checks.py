@@ -12,13 +12,13 @@ from typing import Any
 
 from sae_lens.constants import RUNNER_CFG_FILENAME
 
+from msae_plugin.distributed.checkpoint import check_world_size
 from msae_plugin.distributed.context import DistContext
 from msae_plugin.errors import DistributedError, SAEModelMismatchError
 from msae_plugin.preflight import check_device, ensure_writable_dir
 from msae_plugin.vision.activations import check_image_hook
 from msae_plugin.vision.config_files import VisionConfigError
 from msae_plugin.vision.token_selection import TokenSelection
-from msae_plugin.vision.training_checkpoints import read_world_size
 from msae_plugin.vision.training_config import VisionSAERunnerConfig
 
 
@@ -80,14 +80,7 @@ def check_batch_splits(cfg: VisionSAERunnerConfig, ctx: DistContext) -> None:
 
 def check_resume_checkpoint(cfg: VisionSAERunnerConfig, path: Path, ctx: DistContext) -> None:
     """Refuse a checkpoint of another run (model, hook, tokens, SAE shape, world size)."""
-    written = read_world_size(path)
-    if written != ctx.world_size:
-        raise DistributedError(
-            f"checkpoint {path} was written by a {written}-process run, this run has "
-            f"{ctx.world_size}: each rank's position in its share of the image stream "
-            f"depends on the number of ranks. Resume with the same number of processes "
-            f"({'no torchrun' if written == 1 else f'torchrun --nproc-per-node {written}'})."
-        )
+    check_world_size(path, ctx)
     runner_cfg = path / RUNNER_CFG_FILENAME
     if runner_cfg.is_file():
         old = json.loads(runner_cfg.read_text())

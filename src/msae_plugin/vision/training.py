@@ -27,8 +27,9 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training._interruption import InterruptedException
 from safetensors.torch import save_file
 
-from msae_plugin.atomic_io import atomic_write, remove_temporaries, staged_files
+from msae_plugin.atomic_io import remove_temporaries, staged_files
 from msae_plugin.distributed.cache import open_cache, write_index
+from msae_plugin.distributed.checkpoint import write_world_size
 from msae_plugin.distributed.collectives import broadcast_object, gather_rows
 from msae_plugin.distributed.context import DistContext, current
 from msae_plugin.distributed.sharding import ShardedImageSource
@@ -54,7 +55,6 @@ from msae_plugin.vision.run_checks import (
     prepare_output_paths,
 )
 from msae_plugin.vision.training_checkpoints import (
-    DISTRIBUTED_FILENAME,
     VisionSAETrainer,
     find_latest_checkpoint,
     resolve_resume_checkpoint,
@@ -325,10 +325,7 @@ class VisionSAETrainingRunner:
         self.provider.save_to_checkpoint(checkpoint_path)
         with open(Path(checkpoint_path) / RUNNER_CFG_FILENAME, "w") as f:
             json.dump(self.cfg.to_dict(), f)
-        if self.dist.active:
-            record = {"world_size": self.dist.world_size, "sharding": "strided-images"}
-            atomic_write(Path(checkpoint_path) / DISTRIBUTED_FILENAME,
-                         lambda p: p.write_text(json.dumps(record)))
+        write_world_size(checkpoint_path, self.dist)
 
     def save_final_sae(
         self,

@@ -51,8 +51,6 @@ CHECKPOINT_FILES = (
     PROVIDER_STATE_FILENAME,
     RUNNER_CFG_FILENAME,
 )
-#: written by multi-process runs only: {"world_size": W, "sharding": "strided-images"}
-DISTRIBUTED_FILENAME = "distributed.json"
 #: keys SAETrainer.load_trainer_state reads from trainer_state.pt
 TRAINER_STATE_KEYS = (
     "optimizer",
@@ -104,18 +102,6 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} cannot be read ({exc}). {_INCOMPLETE_FIX}") from None
-
-
-def read_world_size(path: str | Path) -> int:
-    """How many processes wrote the checkpoint at ``path`` (1 without ``distributed.json``)."""
-    file = Path(path) / DISTRIBUTED_FILENAME
-    if not file.is_file():
-        return 1
-    record = _read_json(file)
-    try:
-        return int(record["world_size"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{file} has no world_size. {_INCOMPLETE_FIX}") from None
 
 
 def validate_training_checkpoint(path: str | Path) -> dict[str, Any]:
